@@ -1,0 +1,44 @@
+# Onramp: `make run` starts the whole product locally; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export VAR_DIR ?= $(CURDIR)/var
+
+.PHONY: run test lint bench bench-fairness bench-dashboard bench-resize clean browsers
+
+$(VENV)/.runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime pyproject.toml
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+$(VAR_DIR)/secret_key:
+	mkdir -p $(VAR_DIR)
+	$(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
+
+# Debian's Chromium for the Playwright browser tests (Playwright's own download cannot run here).
+browsers:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+run: $(VENV)/.runtime $(VAR_DIR)/secret_key
+	@export SECRET_KEY=$$(cat $(VAR_DIR)/secret_key) HTTPS=0 DEBUG=0 WEB_PORT=$(PORT); \
+	$(PY) manage.py migrate --no-input -v0 && \
+	$(PY) manage.py collectstatic --no-input -v0 && \
+	$(PY) manage.py seed_demo && \
+	echo "" && echo "  Onramp is starting at http://127.0.0.1:$(PORT)/  (Ctrl-C stops everything)" && echo "" && \
+	exec $(VENV)/bin/honcho -f Procfile start
+
+test: $(VENV)/.test browsers
+	$(PY) -m pytest
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VAR_DIR) staticfiles

@@ -1,0 +1,221 @@
+"""Writes on sessions: every lifecycle transition of design.md lives here.
+
+Each transition is a conditional UPDATE (state and, for workers, claim token in the
+WHERE clause) so concurrent hosts, duplicated tasks and late workers cannot apply a
+result twice or resurrect a session that moved on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from onboarding.models import Customer
+from pool import processing
+from pool.ingest import IngestPayload, compress_body, decompress_body
+from pool.models import Payload, Session, SessionStream, State
+
+logger = logging.getLogger(__name__)
+
+
+# --- Ingest --------------------------------------------------------------------
+
+
+def payload_store(
+    *, customer: Customer, session_id: str, payload: IngestPayload, raw: bytes
+) -> tuple[Session, bool]:
+    """Store one payload; returns (session, stored). stored=False means a duplicate id.
+
+    A payload (re)opens its session whatever its state: a queued or processing run
+    then fails its conditional write and the session is processed again with the new
+    events, as design.md's lifecycle asks.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        session, _ = Session.objects.get_or_create(
+            customer=customer, external_id=session_id, defaults={"last_payload_at": now}
+        )
+        try:
+            with transaction.atomic():
+                Payload.objects.create(
+                    session=session,
+                    payload_id=payload.payload_id,
+                    body=compress_body(raw),
+                    event_count=len(payload.events),
+                    raw_bytes=payload.raw_bytes,
+                    final=payload.final,
+                    received_at=now,
+                )
+        except IntegrityError:
+            return session, False
+        state = State.READY if payload.final else State.OPEN
+        Session.objects.filter(pk=session.pk).update(
+            state=state,
+            ready_at=now if payload.final else None,
+            last_payload_at=now,
+            payload_count=F("payload_count") + 1,
+            bytes_received=F("bytes_received") + payload.raw_bytes,
+            claim_token="",
+            attempts=0,
+        )
+        session.state = state
+    return session, True
+
+
+# --- Housekeeping done by runpool ------------------------------------------------
+
+
+def sessions_close_idle(*, now: datetime) -> int:
+    """Open sessions without a payload for SESSION_IDLE_S become ready.
+
+    ready_at is when the session went idle, not when runpool noticed, so lag stays
+    truthful even if no runpool was running at that moment.
+    """
+    idle = timedelta(seconds=settings.SESSION_IDLE_S)
+    return Session.objects.filter(state=State.OPEN, last_payload_at__lt=now - idle).update(
+        state=State.READY, ready_at=F("last_payload_at") + idle
+    )
+
+
+def sessions_reap(*, now: datetime) -> dict[str, int]:
+    """Return abandoned work to ready; give up after SESSION_MAX_ATTEMPTS.
+
+    - processing with an expired lease: the worker died or its host vanished;
+    - queued for longer than SESSION_QUEUED_TIMEOUT_S: the broker lost the task.
+    """
+    max_attempts = settings.SESSION_MAX_ATTEMPTS
+    expired = Session.objects.filter(state=State.PROCESSING, lease_until__lt=now)
+    failed = expired.filter(attempts__gte=max_attempts).update(
+        state=State.FAILED,
+        claim_token="",
+        last_error="lease expired: the worker stopped while processing (attempt limit reached)",
+    )
+    retried = expired.filter(attempts__lt=max_attempts).update(
+        state=State.READY,
+        claim_token="",
+        last_error="lease expired: the worker stopped while processing",
+    )
+    stale_after = timedelta(seconds=settings.SESSION_QUEUED_TIMEOUT_S)
+    requeued = Session.objects.filter(state=State.QUEUED, queued_at__lt=now - stale_after).update(
+        state=State.READY
+    )
+    return {"failed": failed, "retried": retried, "requeued": requeued}
+
+
+# --- Processing (runs in a django-q2 worker) --------------------------------------
+
+
+def session_claim(*, session_id: int, host: str) -> str | None:
+    """queued → processing for this worker; None if another run got there first."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    claimed = Session.objects.filter(pk=session_id, state=State.QUEUED).update(
+        state=State.PROCESSING,
+        claim_token=token,
+        claimed_at=now,
+        lease_until=now + timedelta(seconds=settings.SESSION_LEASE_S),
+        worker_host=host,
+        attempts=F("attempts") + 1,
+    )
+    return token if claimed else None
+
+
+def session_process(*, session_id: int, host: str) -> str:
+    """Claim, compute and store one session. Returns what happened, for logs and tests.
+
+    Steps: claim with a conditional UPDATE; read payloads; run the pure processing;
+    write results only if the claim is still ours (a new payload or a lease reaper may
+    have taken the session away meanwhile); on error, back to ready or failed.
+    """
+    token = session_claim(session_id=session_id, host=host)
+    if token is None:
+        return "skipped"
+    started = time.perf_counter()
+    try:
+        bodies = [
+            {"payload_id": pid, **decompress_body(bytes(body))}
+            for pid, body in Payload.objects.filter(session_id=session_id)
+            .order_by("payload_id")
+            .values_list("payload_id", "body")
+        ]
+        summary, events = processing.summarize(bodies)
+        stream = processing.compress_stream(events)
+    except Exception as exc:  # any bug or poison input must end in ready/failed, not a crash
+        logger.exception("processing session %s failed", session_id)
+        return session_fail(session_id=session_id, token=token, error=_describe(exc))
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return session_complete(
+        session_id=session_id, token=token, summary=summary, stream=stream, elapsed_ms=elapsed_ms
+    )
+
+
+def session_complete(
+    *,
+    session_id: int,
+    token: str,
+    summary: processing.SessionSummary,
+    stream: bytes,
+    elapsed_ms: float,
+) -> str:
+    with transaction.atomic():
+        updated = Session.objects.filter(
+            pk=session_id, state=State.PROCESSING, claim_token=token
+        ).update(
+            state=State.PROCESSED,
+            processed_at=timezone.now(),
+            processing_ms=elapsed_ms,
+            claim_token="",
+            last_error="",
+            length_ms=summary.length_ms,
+            active_ms=summary.active_ms,
+            click_count=summary.click_count,
+            rage_click_count=len(summary.rage_clicks),
+            error_count=summary.error_count,
+            event_total=summary.event_total,
+            landing_page=summary.landing_page,
+            exit_page=summary.exit_page,
+            out_of_order=summary.out_of_order,
+            excluded_reason=summary.excluded_reason,
+            summary=summary.as_dict(),
+            stream_bytes=len(stream),
+        )
+        if not updated:
+            return "superseded"
+        SessionStream.objects.update_or_create(session_id=session_id, defaults={"data": stream})
+        customer_id = Session.objects.values_list("customer_id", flat=True).get(pk=session_id)
+        Customer.objects.filter(pk=customer_id).update(processed_total=F("processed_total") + 1)
+    return "processed"
+
+
+def session_fail(*, session_id: int, token: str, error: str) -> str:
+    """After an error: back to ready for another attempt, or failed at the limit."""
+    mine = Session.objects.filter(pk=session_id, state=State.PROCESSING, claim_token=token)
+    if mine.filter(attempts__gte=settings.SESSION_MAX_ATTEMPTS).update(
+        state=State.FAILED, claim_token="", last_error=error
+    ):
+        return "failed"
+    if mine.update(state=State.READY, claim_token="", last_error=error):
+        return "retry"
+    return "superseded"
+
+
+def session_retry(*, session: Session) -> bool:
+    """An admin sends a failed session back to ready with fresh attempts."""
+    return bool(
+        Session.objects.filter(pk=session.pk, state=State.FAILED).update(
+            state=State.READY, ready_at=timezone.now(), attempts=0
+        )
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.format_exception(exc)
+    return ("".join(frames))[-4000:]
