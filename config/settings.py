@@ -140,8 +140,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # A file, not :memory:, so integration tests' subprocesses share the test database.
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # A file, not :memory:, so integration tests' subprocesses share the test database;
+    # one per test run so concurrent runs on one machine do not trample each other.
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     _db.setdefault("OPTIONS", {})
     # Fail fast while PostgreSQL restarts so clients get a 503, not a hung request.
@@ -205,8 +206,10 @@ SESSION_MAX_ATTEMPTS = env_int("SESSION_MAX_ATTEMPTS", 5)
 # A claim older than this is presumed dead (worker killed, host gone) and the session
 # returns to ready. Longer than any processing run, shorter than django-q2's retry.
 SESSION_LEASE_S = env_int("SESSION_LEASE_S", 120)
-# A queued session whose task never got claimed (lost broker message) is re-dispatched.
-SESSION_QUEUED_TIMEOUT_S = env_int("SESSION_QUEUED_TIMEOUT_S", 300)
+# A queued session whose task never got claimed (lost broker message, or a worker killed
+# between taking the task and claiming the session) is re-dispatched; the queue is shallow,
+# so a healthy task waits well under a second. A late duplicate task finds it claimed.
+SESSION_QUEUED_TIMEOUT_S = env_int("SESSION_QUEUED_TIMEOUT_S", 30)
 POOL_MAX_WORKERS = env_int("POOL_MAX_WORKERS", 32)
 POOL_HEARTBEAT_S = env_int("POOL_HEARTBEAT_S", 2)
 POOL_STALE_AFTER_S = env_int("POOL_STALE_AFTER_S", 15)

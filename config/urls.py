@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("pool.urls")),
     path("", include("onboarding.urls")),
+    path("", include("onboarding.urls_checklist")),
 ]

@@ -149,5 +149,10 @@ def session_document(session: Session) -> dict:
     }
 
 
+@csrf_exempt
+def not_found(request: HttpRequest) -> JsonResponse:
+    return error(404, f"no API endpoint at {request.path}; see /api/v1/openapi.json")
+
+
 def openapi(request: HttpRequest) -> JsonResponse:
     return JsonResponse(openapi_document(request.build_absolute_uri("/")[:-1]))

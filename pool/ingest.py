@@ -35,7 +35,8 @@ class IngestPayload:
 
 
 def check_session_id(session_id: str) -> None:
-    if not SESSION_ID_RE.match(session_id):
+    # fullmatch: with match(), "$" also matches before a trailing newline ("abc\n").
+    if not SESSION_ID_RE.fullmatch(session_id):
         raise IngestError(400, "session_id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
 
 

@@ -122,6 +122,8 @@ def openapi_document(server_url: str) -> dict:
                         },
                         "errors": {
                             "type": "array",
+                            # pool.ingest takes null as "no errors", like a missing field.
+                            "nullable": True,
                             "items": {"$ref": "#/components/schemas/ClientError"},
                         },
                         "final": {"type": "boolean", "default": False},

@@ -122,19 +122,29 @@ class Generation:
             return []
 
 
-def _is_worker(proc: psutil.Process) -> bool:
+def process_title(proc: psutil.Process) -> str:
+    """The title django-q2 gave a process ('' once it is gone). setproctitle pads the
+    original argv slots with empty strings, hence the filter."""
     try:
-        title = " ".join(proc.cmdline())
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return ""
+        return " ".join(part for part in proc.cmdline() if part).strip()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return proc.status() != psutil.STATUS_ZOMBIE and not title.endswith(("monitor", "pusher"))
+        return ""
+
+
+def is_worker_title(title: str) -> bool:
+    """Workers are titled 'qcluster Process-… idle|processing …'; a worker that was just
+    forked still carries its Sentinel's title for a moment and is counted once renamed."""
+    return title.startswith("qcluster Process-") and not title.endswith(("monitor", "pusher"))
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    return is_worker_title(process_title(proc))
 
 
 def _is_busy(proc: psutil.Process) -> bool:
-    try:
-        return " processing " in " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
+    return " processing " in process_title(proc)
 
 
 @dataclass

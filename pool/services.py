@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -152,9 +152,13 @@ def session_process(*, session_id: int, host: str) -> str:
         logger.exception("processing session %s failed", session_id)
         return session_fail(session_id=session_id, token=token, error=_describe(exc))
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return session_complete(
-        session_id=session_id, token=token, summary=summary, stream=stream, elapsed_ms=elapsed_ms
-    )
+    try:
+        return session_complete(
+            session_id=session_id, token=token, summary=summary, stream=stream, elapsed_ms=elapsed_ms
+        )
+    except DataError as exc:  # a value the database refuses: this session's own problem
+        logger.exception("storing the result of session %s failed", session_id)
+        return session_fail(session_id=session_id, token=token, error=_describe(exc))
 
 
 def session_complete(
@@ -180,11 +184,11 @@ def session_complete(
             rage_click_count=len(summary.rage_clicks),
             error_count=summary.error_count,
             event_total=summary.event_total,
-            landing_page=summary.landing_page,
-            exit_page=summary.exit_page,
+            landing_page=_text(summary.landing_page),
+            exit_page=_text(summary.exit_page),
             out_of_order=summary.out_of_order,
             excluded_reason=summary.excluded_reason,
-            summary=summary.as_dict(),
+            summary=_json_safe(summary.as_dict()),
             stream_bytes=len(stream),
         )
         if not updated:
@@ -214,6 +218,21 @@ def session_retry(*, session: Session) -> bool:
             state=State.READY, ready_at=timezone.now(), attempts=0
         )
     )
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text and jsonb refuse NUL characters, which a recorder can send in an href.
+    return value.replace("\x00", "\ufffd")
+
+
+def _json_safe(value):
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 def _describe(exc: BaseException) -> str:

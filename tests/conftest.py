@@ -7,8 +7,9 @@ import json
 import os
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 
+from onboarding.roles import roles_ensure
 from onboarding.services import customer_create
 
 # Playwright's sync API runs an event loop in the test thread; pytest-django's ORM calls
@@ -17,6 +18,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def _user(username: str, group: str | None = None, **extra) -> User:
+    # transactional tests flush every table, groups included: restore the roles first.
+    roles_ensure(Group=Group, Permission=Permission)
     user = User.objects.create_user(username=username, password="pw-for-tests-1", **extra)
     if group:
         user.groups.add(Group.objects.get(name=group))
@@ -88,3 +91,57 @@ def post_payload(
         content_type=content_type,
         **headers,
     )
+
+
+# --- Browser (Playwright driving Debian's Chromium) ---------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.path.join(os.path.dirname(__file__), "..", "var", "screenshots")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def login_page(browser, live_server):
+    """Returns login(user) -> a Playwright page logged in as that user on live_server."""
+    contexts = []
+
+    def login(user: User):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", user.username)
+        page.fill("#id_password", "pw-for-tests-1")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        return page
+
+    yield login
+    for context in contexts:
+        context.close()
+
+
+def screenshot(page, name: str) -> str:
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    path = os.path.join(SCREENSHOTS, f"{name}.png")
+    page.screenshot(path=path, full_page=True)
+    return path

@@ -1,13 +1,9 @@
-"""The two roles of design.md as groups: ops (see, sign, acknowledge) and admins (all)."""
+"""Create the ops and admins groups (see onboarding/roles.py)."""
 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-OPS = [
-    ("onboarding", "view_customer"),
-    ("pool", "view_workercluster"),
-    ("pool", "view_session"),
-]
+from onboarding.roles import roles_ensure
 
 
 def create_roles(apps, schema_editor):
@@ -16,16 +12,7 @@ def create_roles(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    ops, _ = Group.objects.get_or_create(name="ops")
-    ops.permissions.add(
-        *[Permission.objects.get(content_type__app_label=a, codename=c) for a, c in OPS]
-    )
-    admins, _ = Group.objects.get_or_create(name="admins")
-    admins.permissions.add(
-        *Permission.objects.filter(content_type__app_label__in=["onboarding", "pool"])
-    )
+    roles_ensure(Group=apps.get_model("auth", "Group"), Permission=apps.get_model("auth", "Permission"))
 
 
 class Migration(migrations.Migration):

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management.base import BaseCommand
 
 from onboarding.models import Customer, IngestKey
+from onboarding.roles import roles_ensure
 from onboarding.services import customer_create
 from pool.models import WorkerCluster
 
@@ -30,6 +31,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         password = options["password"]
+        roles_ensure(Group=Group, Permission=Permission)
         self.user("admin", password, group="admins", superuser=True)
         self.user("ops", password, group="ops")
         WorkerCluster.objects.get_or_create(name="priority", defaults={"desired_workers": 1})
