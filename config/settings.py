@@ -116,6 +116,8 @@ TEMPLATES = [
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
+            # {% partialdef %} everywhere: htmx fragments are named partials of their page.
+            "builtins": ["template_partials.templatetags.partials"],
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
@@ -213,7 +215,10 @@ SESSION_QUEUED_TIMEOUT_S = env_int("SESSION_QUEUED_TIMEOUT_S", 30)
 POOL_MAX_WORKERS = env_int("POOL_MAX_WORKERS", 32)
 POOL_HEARTBEAT_S = env_int("POOL_HEARTBEAT_S", 2)
 POOL_STALE_AFTER_S = env_int("POOL_STALE_AFTER_S", 15)
-LAG_SAMPLE_S = env_int("LAG_SAMPLE_S", 15)
+# Bearer token for /api/v1/lag and /metrics without a login (empty: login only).
+OPS_API_TOKEN = env_str("OPS_API_TOKEN")
+# Serve /metrics without any credentials (only behind a private network).
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 
 # --- django-q2 ----------------------------------------------------------------
 Q_TASK_TIMEOUT_S = env_int("Q_TASK_TIMEOUT_S", 90)

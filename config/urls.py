@@ -6,7 +6,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
-    path("", include("pool.urls")),
     path("", include("onboarding.urls")),
+    path("", include("pool.urls")),
     path("", include("onboarding.urls_checklist")),
 ]

@@ -154,7 +154,11 @@ def session_process(*, session_id: int, host: str) -> str:
     elapsed_ms = (time.perf_counter() - started) * 1000
     try:
         return session_complete(
-            session_id=session_id, token=token, summary=summary, stream=stream, elapsed_ms=elapsed_ms
+            session_id=session_id,
+            token=token,
+            summary=summary,
+            stream=stream,
+            elapsed_ms=elapsed_ms,
         )
     except DataError as exc:  # a value the database refuses: this session's own problem
         logger.exception("storing the result of session %s failed", session_id)

@@ -109,11 +109,13 @@ class SimSession:
     next_payload: int = field(default=0, compare=False)
 
     def payload(self, rng: random.Random, interval_s: float) -> dict:
-        ts = now_ms()
+        # A recorder sends what happened since its last send: the events lie in the past.
+        span = int(interval_s * 1000) - 20
+        ts = now_ms() - span - 10
         events: list[dict] = []
         if self.next_payload == 0 or rng.random() < 0.05:
             events += page_load(f"https://{self.customer}.example.com{rng.choice(PAGES)}", ts)
-        events += activity(rng, ts + 5, int(interval_s * 1000) - 10)
+        events += activity(rng, ts + 5, span)
         body = {"payload_id": self.next_payload, "events": events}
         if self.payloads_left == 1 and not self.abandon:
             body["final"] = True
@@ -231,7 +233,7 @@ class Simulator:
                     session.next_payload += 1
                     session.payloads_left -= 1
                     if session.payloads_left > 0:
-                        session.due = now + self.interval_s * self.rng.uniform(0.9, 1.1)
+                        session.due = now + self.interval_s * self.rng.uniform(1.0, 1.1)
                         heapq.heappush(heap, session)
                 if self.out and now - last_report >= 10:
                     self.out(self.report_line(now - start))

@@ -9,4 +9,9 @@ urlpatterns = [
     # Anything else under /api/ answers in JSON too, never with an HTML page.
     re_path(r"^api/", api.not_found),
     path("clusters/", views.clusters, name="clusters"),
+    path("clusters/new", views.cluster_create, name="cluster-create"),
+    path("clusters/move", views.customer_move, name="customer-move"),
+    path("clusters/weight", views.customer_weight, name="customer-weight"),
+    path("clusters/<slug:name>/resize", views.cluster_resize, name="cluster-resize"),
+    path("clusters/<slug:name>/pause", views.cluster_pause, name="cluster-pause"),
 ]

@@ -32,3 +32,8 @@ def ms(value: int | None) -> str:
 @register.filter
 def status_class(status: str) -> str:
     return f"status-{status.lower()}"
+
+
+@register.filter
+def get_item(mapping: dict | None, key):
+    return (mapping or {}).get(key)
