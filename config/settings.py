@@ -197,7 +197,18 @@ LOGGING = {
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "onramp@localhost")
+
+# --- Alerts -------------------------------------------------------------------
+ALERT_SEND_TIMEOUT_S = env_int("ALERT_SEND_TIMEOUT_S", 5)
+ALERT_RETRY_BASE_S = env_int("ALERT_RETRY_BASE_S", 30)
+ALERT_RETRY_MAX_S = env_int("ALERT_RETRY_MAX_S", 900)
+ALERT_MAX_ATTEMPTS = env_int("ALERT_MAX_ATTEMPTS", 10)
+# Prefix for links in alert messages, e.g. https://onramp.example.com
+ALERT_BASE_URL = env_str("ALERT_BASE_URL")
 
 # --- Ingest and processing ----------------------------------------------------
 INGEST_MAX_BYTES = env_int("INGEST_MAX_BYTES", 10 * 1024 * 1024)

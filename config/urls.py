@@ -8,5 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("onboarding.urls")),
     path("", include("pool.urls")),
+    path("", include("pool.urls_capacity")),
     path("", include("onboarding.urls_checklist")),
+    path("", include("onboarding.urls_alerts")),
 ]

@@ -36,3 +36,7 @@ class IngestKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # keys are issued with the customer action, which shows the plain key once
+
+
+import onboarding.alert_admin  # noqa: E402,F401
+import onboarding.checklist_admin  # noqa: E402,F401

@@ -7,7 +7,7 @@ customers or by the unprocessed backlog (partial indexes), never by all sessions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Max, Min, OuterRef, Subquery
 from django.utils import timezone
@@ -206,4 +206,4 @@ def lag_samples_rollup(*, now: datetime) -> None:
 
 def _bucket(moment: datetime, seconds: int) -> datetime:
     epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % seconds, tz=moment.tzinfo or timezone.utc)
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=moment.tzinfo or UTC)

@@ -78,3 +78,7 @@ class IngestKey(models.Model):
 
     def matches(self, plain: str) -> bool:
         return hmac.compare_digest(self.key_hash, hash_ingest_key(plain))
+
+
+from onboarding.alert_models import *  # noqa: E402,F401,F403
+from onboarding.checklist_models import *  # noqa: E402,F401,F403

@@ -112,13 +112,20 @@ def _escape(value: str) -> str:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Unauthenticated on purpose (load balancers, Docker HEALTHCHECK); says nothing secret."""
+    """Unauthenticated on purpose (load balancers, Docker HEALTHCHECK); says nothing secret.
+
+    `?scope=web` checks only what a web host needs (the database), so a load balancer does
+    not pull every web host (and with them ingest) out of rotation when the pool is down.
+    """
     checks: dict[str, object] = {}
     healthy = True
+    web_only = request.GET.get("scope") == "web"
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         checks["database"] = "ok"
+        if web_only:
+            return JsonResponse({"status": "ok", "scope": "web", **checks})
         fresh = timezone.now() - timedelta(seconds=settings.POOL_STALE_AFTER_S)
         live = PoolHost.objects.filter(stopped=False, seen_at__gte=fresh).count()
         checks["pool_hosts_fresh"] = live

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 OPS_PERMISSIONS = [
     ("onboarding", "view_customer"),
+    ("onboarding", "view_alert"),
+    ("onboarding", "acknowledge_alert"),
+    ("onboarding", "sign_ops_item"),
+    ("onboarding", "view_checklist"),
+    ("onboarding", "view_checklistitem"),
+    ("onboarding", "view_checklistevent"),
+    ("onboarding", "view_checklisttemplate"),
+    ("onboarding", "view_templateitem"),
     ("pool", "view_workercluster"),
     ("pool", "view_session"),
 ]

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from onboarding.alerts import open_alerts_by_customer
 from onboarding.dashboards import SORTS, WINDOWS, customer_charts, overview
 from onboarding.lag import lag_rows
 from onboarding.models import Customer
@@ -22,7 +23,13 @@ def overview_page(request: HttpRequest) -> HttpResponse:
     sort = sort if sort in SORTS else "status"
     query = request.GET.get("q", "").strip()[:100]
     rows, summary = overview(now=timezone.now(), sort=sort, query=query)
-    context = {"rows": rows, "summary": summary, "sort": sort, "q": query}
+    context = {
+        "rows": rows,
+        "summary": summary,
+        "sort": sort,
+        "q": query,
+        "alerts": open_alerts_by_customer(),
+    }
     template = "onboarding/overview.html#live" if request.htmx else "onboarding/overview.html"
     return render(request, template, context)
 

@@ -25,47 +25,39 @@ def _audit(*, cluster: WorkerCluster, by, by_label: str, field: str, before, aft
     )
 
 
+def _cluster_set(*, cluster: WorkerCluster, field: str, value, by, by_label: str) -> WorkerCluster:
+    """Change one field under a row lock and audit it; no row, no audit, if nothing changes."""
+    with transaction.atomic():
+        cluster = WorkerCluster.objects.select_for_update().get(pk=cluster.pk)
+        before = getattr(cluster, field)
+        if before != value:
+            _audit(
+                cluster=cluster, by=by, by_label=by_label, field=field, before=before, after=value
+            )
+            setattr(cluster, field, value)
+            cluster.save(update_fields=[field])
+    return cluster
+
+
 def cluster_resize(
     *, cluster: WorkerCluster, workers: int, by=None, by_label: str = ""
 ) -> WorkerCluster:
     if not 1 <= workers <= settings.POOL_MAX_WORKERS:
         raise ValueError(f"workers must be between 1 and {settings.POOL_MAX_WORKERS}")
-    with transaction.atomic():
-        cluster = WorkerCluster.objects.select_for_update().get(pk=cluster.pk)
-        if cluster.desired_workers != workers:
-            _audit(
-                cluster=cluster,
-                by=by,
-                by_label=by_label,
-                field="desired_workers",
-                before=cluster.desired_workers,
-                after=workers,
-            )
-            cluster.desired_workers = workers
-            cluster.save(update_fields=["desired_workers"])
-    return cluster
+    return _cluster_set(
+        cluster=cluster, field="desired_workers", value=workers, by=by, by_label=by_label
+    )
 
 
 def cluster_pause(
     *, cluster: WorkerCluster, paused: bool, by=None, by_label: str = ""
 ) -> WorkerCluster:
-    with transaction.atomic():
-        cluster = WorkerCluster.objects.select_for_update().get(pk=cluster.pk)
-        if cluster.paused != paused:
-            _audit(
-                cluster=cluster,
-                by=by,
-                by_label=by_label,
-                field="paused",
-                before=cluster.paused,
-                after=paused,
-            )
-            cluster.paused = paused
-            cluster.save(update_fields=["paused"])
-    return cluster
+    return _cluster_set(cluster=cluster, field="paused", value=paused, by=by, by_label=by_label)
 
 
 def cluster_create(*, name: str, workers: int, by=None) -> WorkerCluster:
+    if not 1 <= workers <= settings.POOL_MAX_WORKERS:
+        raise ValueError(f"workers must be between 1 and {settings.POOL_MAX_WORKERS}")
     with transaction.atomic():
         cluster = WorkerCluster.objects.create(name=name, desired_workers=workers)
         _audit(

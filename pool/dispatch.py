@@ -9,20 +9,24 @@ Fairness is stride scheduling over customers: every customer carries a virtual "
 the one with the lowest pass gets the next slot and advances by 1/weight. A customer that
 had nothing to do re-enters at the current minimum, so idleness earns no burst credit.
 Work-conserving: a slot is never left empty while any customer of the cluster has work.
+
+Cost per session matters as much as fairness (docs/benchmarks.md): the queue is refilled
+only once it is down to half its depth, so one dispatch moves many sessions, and a broker
+task carries a small batch of session ids when the queue is deep, so django-q2's
+per-task work (dequeue, acknowledge, IPC) is paid once per batch instead of per session.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Sum, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, Exists, F, OuterRef, Subquery, Sum, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -30,29 +34,42 @@ from django_q.signing import SignedPackage
 from onboarding.models import Customer
 from pool.models import ClusterHeartbeat, Session, State, WorkerCluster
 
-TASK_FUNC = "pool.tasks.process_session"
-# Keep about this many seconds of work queued per cluster on top of 2x live workers, so
-# fast sessions never leave a worker waiting for the next dispatcher tick.
-QUEUE_AHEAD_S = 0.3
+TASK_FUNC = "pool.tasks.process_sessions"
+MAX_DEPTH_PER_WORKER = 32
+# A batch is processed one session after the other by one worker; 8 keeps a batch to
+# tens of milliseconds of work for realistic sessions (fairness, resize drains).
+MAX_SESSIONS_PER_TASK = 8
 
 
-def live_workers_by_cluster(*, now: datetime) -> dict[int, int]:
+def clusters_with_load(*, now: datetime) -> list[WorkerCluster]:
+    """Unpaused clusters with `live` workers (fresh heartbeats), `queued` sessions and
+    whether any of their customers has a ready session: one query per dispatcher tick,
+    which runs up to 100 times a second. Every part walks a partial index or the
+    heartbeats, so its cost grows with clusters and customers, never with sessions."""
     fresh = now - timedelta(seconds=settings.POOL_STALE_AFTER_S)
-    rows = (
-        ClusterHeartbeat.objects.filter(seen_at__gte=fresh, host__stopped=False)
-        .values("cluster_id")
-        .annotate(live=Sum("live_workers"))
+    live = (
+        ClusterHeartbeat.objects.filter(
+            cluster=OuterRef("pk"), seen_at__gte=fresh, host__stopped=False
+        )
+        .values("cluster")
+        .annotate(n=Sum("live_workers"))
+        .values("n")
     )
-    return {row["cluster_id"]: row["live"] or 0 for row in rows}
-
-
-def queued_by_cluster() -> dict[int, int]:
-    rows = (
-        Session.objects.filter(state=State.QUEUED)
-        .values("dispatched_cluster_id")
+    queued = (
+        Session.objects.filter(state=State.QUEUED, dispatched_cluster=OuterRef("pk"))
+        .values("dispatched_cluster")
         .annotate(n=Count("id"))
+        .values("n")
     )
-    return {row["dispatched_cluster_id"]: row["n"] for row in rows}
+    customer_ready = Session.objects.filter(customer=OuterRef("pk"), state=State.READY)
+    has_ready = Customer.objects.filter(cluster=OuterRef("pk")).filter(Exists(customer_ready))
+    return list(
+        WorkerCluster.objects.filter(paused=False).annotate(
+            live=Coalesce(Subquery(live), 0),
+            queued=Coalesce(Subquery(queued), 0),
+            has_ready=Exists(has_ready),
+        )
+    )
 
 
 def oldest_ready(*, cluster_id: int, per_customer: int) -> dict[int, list[int]]:
@@ -100,7 +117,8 @@ class FairDispatcher:
         # idleness starts here, so it cannot cash in credit for the time it sent nothing.
         self.vtime = 0.0
         self.dispatched: dict[int, int] = defaultdict(int)  # per customer, for tests and logs
-        self.rates: dict[int, float] = {}  # cluster id -> recent sessions/s, set by runpool
+        self.depths: dict[int, int] = {}  # cluster id -> current target queue depth
+        self.last_sent: dict[int, int] = {}  # cluster id -> sessions sent at the last tick
 
     def pick(
         self, *, candidates: dict[int, list[int]], weights: dict[int, int], n: int
@@ -125,64 +143,97 @@ class FairDispatcher:
         return chosen
 
     def dispatch(self, *, now: datetime) -> int:
-        """One tick: top up every running, unpaused cluster's queue. Returns sessions sent."""
-        live = live_workers_by_cluster(now=now)
-        queued = queued_by_cluster()
+        """One tick: refill every running, unpaused cluster's queue that is down to half
+        its depth. Returns sessions sent."""
         sent = 0
-        for cluster in WorkerCluster.objects.filter(paused=False):
-            workers = live.get(cluster.id, 0)
+        for cluster in clusters_with_load(now=now):
+            workers = cluster.live
             if workers == 0:
                 continue  # nobody would pull it; sessions stay ready (and visibly lagging)
-            need = self.target_depth(cluster_id=cluster.id, workers=workers) - queued.get(
-                cluster.id, 0
-            )
-            if need > 0:
-                sent += self.dispatch_cluster(cluster=cluster, n=need, now=now)
+            waiting = cluster.queued
+            if not cluster.has_ready:
+                # If the queue runs dry now, it is for want of work, not of depth.
+                self.last_sent[cluster.id] = 0
+                continue
+            need = self.refill(cluster_id=cluster.id, workers=workers, queued=waiting)
+            if need <= 0:
+                continue
+            per_task = max(1, min(MAX_SESSIONS_PER_TASK, need // (2 * workers)))
+            sent_here = self.dispatch_cluster(cluster=cluster, n=need, now=now, per_task=per_task)
+            self.last_sent[cluster.id] = sent_here
+            sent += sent_here
         return sent
 
-    def target_depth(self, *, cluster_id: int, workers: int) -> int:
-        rate = self.rates.get(cluster_id, 0.0)
-        return max(2 * workers, math.ceil(rate * QUEUE_AHEAD_S))
+    def refill(self, *, cluster_id: int, workers: int, queued: int) -> int:
+        """Sessions to send now: none while more than half the target depth still waits,
+        else enough to fill it. Refilling at half (not after every session) makes each
+        dispatch move many sessions at once, which is what keeps its cost per session low.
 
-    def dispatch_cluster(self, *, cluster: WorkerCluster, n: int, now: datetime) -> int:
+        The depth starts at 2x live workers and adapts at each refill: if the queue ran
+        dry since the last one, workers may have idled, so it doubles (up to 32x
+        workers); if a quarter of it still waits, it was deeper than needed and shrinks
+        by 10 %. Deeper queues cost fairness only the few hundred milliseconds they hold.
+        """
+        floor, cap = 2 * workers, MAX_DEPTH_PER_WORKER * workers
+        depth = min(max(self.depths.get(cluster_id, floor), floor), cap)
+        if queued > depth // 2:
+            self.depths[cluster_id] = depth
+            return 0
+        if queued == 0 and self.last_sent.get(cluster_id):
+            depth = min(depth * 2, cap)
+        elif queued >= depth // 4 and queued > 0:
+            depth = max(floor, int(depth * 0.9))
+        self.depths[cluster_id] = depth
+        return depth - queued
+
+    def dispatch_cluster(
+        self, *, cluster: WorkerCluster, n: int, now: datetime, per_task: int = 1
+    ) -> int:
         candidates = oldest_ready(cluster_id=cluster.id, per_customer=n)
         if not candidates:
             return 0
         weights = dict(Customer.objects.filter(pk__in=list(candidates)).values_list("id", "weight"))
         chosen = self.pick(candidates=candidates, weights=weights, n=n)
-        return sessions_enqueue(cluster=cluster, session_ids=chosen, now=now)
+        return sessions_enqueue(cluster=cluster, session_ids=chosen, now=now, per_task=per_task)
 
 
-def sessions_enqueue(*, cluster: WorkerCluster, session_ids: list[int], now: datetime) -> int:
-    """ready → queued and the broker message, in one transaction (the ORM broker shares the
-    database), so a session is never queued without a task nor a task sent for a session
-    another host took: rows locked by a concurrent dispatcher are skipped."""
+def sessions_enqueue(
+    *, cluster: WorkerCluster, session_ids: list[int], now: datetime, per_task: int = 1
+) -> int:
+    """ready → queued and the broker messages, in one transaction (the ORM broker shares
+    the database), so a session is never queued without a task nor a task sent for a
+    session another host took: rows locked by a concurrent dispatcher are skipped.
+    Sessions go out in tasks of up to `per_task` ids, in the order given (fair order)."""
     with transaction.atomic():
-        ids = list(
+        locked = set(
             Session.objects.select_for_update(skip_locked=True)
             .filter(pk__in=session_ids, state=State.READY)
             .values_list("id", flat=True)
         )
-        if not ids:
+        if not locked:
             return 0
+        ids = [sid for sid in session_ids if sid in locked]
         Session.objects.filter(pk__in=ids).update(
             state=State.QUEUED, queued_at=now, dispatched_cluster=cluster
         )
         OrmQ.objects.using(Conf.ORM or "default").bulk_create(
-            [OrmQ(key=cluster.name, payload=task_package(sid, now), lock=now) for sid in ids]
+            [
+                OrmQ(key=cluster.name, payload=task_package(ids[i : i + per_task], now), lock=now)
+                for i in range(0, len(ids), per_task)
+            ]
         )
     return len(ids)
 
 
-def task_package(session_id: int, now: datetime) -> str:
+def task_package(session_ids: list[int], now: datetime) -> str:
     """The signed package django_q.tasks.async_task would build, made here so a whole
     batch goes to the broker in one INSERT."""
     task_id = uuid.uuid4().hex
     task = {
         "id": task_id,
-        "name": f"session-{session_id}-{task_id[:8]}",
+        "name": f"sessions-{session_ids[0]}x{len(session_ids)}-{task_id[:8]}",
         "func": TASK_FUNC,
-        "args": (session_id,),
+        "args": (list(session_ids),),
         "kwargs": {},
         "started": now,
         "save": False,  # our result lives on the session row; skip django-q2's Success rows

@@ -23,6 +23,13 @@ class ClusterCreateForm(forms.ModelForm):
         model = WorkerCluster
         fields = ["name", "desired_workers"]
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The same bounds as a resize: 1 to POOL_MAX_WORKERS per host.
+        self.fields["desired_workers"] = forms.IntegerField(
+            min_value=1, max_value=settings.POOL_MAX_WORKERS, initial=2, label="Workers per host"
+        )
+
 
 class MoveForm(forms.Form):
     customer = forms.ModelChoiceField(Customer.objects.all(), to_field_name="slug")

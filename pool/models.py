@@ -96,8 +96,9 @@ class Session(models.Model):
                 condition=Q(state=State.READY),
                 name="session_ready_idx",
             ),
-            # Arrivals per minute: sessions that became ready in a window.
-            models.Index(fields=["customer", "ready_at"], name="session_ready_at_idx"),
+            # Arrivals per minute: sessions that became ready in a window. ready_at first,
+            # so the range scan reads only the window, not every stored session.
+            models.Index(fields=["ready_at", "customer"], name="session_arrivals_idx"),
             # Throughput and recent sessions.
             models.Index(fields=["customer", "processed_at"], name="session_processed_idx"),
             models.Index(fields=["processed_at"], name="session_processed_at_idx"),
@@ -244,3 +245,6 @@ class LagSample(models.Model):
             )
         ]
         indexes = [models.Index(fields=["resolution_s", "at"], name="lagsample_at_idx")]
+
+
+from pool.autoscale_models import *  # noqa: E402,F401,F403

@@ -17,12 +17,14 @@ read at fork time); pyproject.toml pins that version.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psutil
 from django import db
@@ -32,6 +34,8 @@ from django.db.models import Count
 from django.utils import timezone
 
 from pool import worker_context
+from pool.autoscale import AUTOSCALE_TICK_S, autoscale_tick
+from pool.capacity import host_sample_record
 from pool.dispatch import FairDispatcher
 from pool.models import ClusterHeartbeat, PoolHost, Session, WorkerCluster
 from pool.services import sessions_close_idle, sessions_reap
@@ -43,8 +47,42 @@ except ModuleNotFoundError:  # pragma: no cover - a pinned dependency
 
 logger = logging.getLogger("pool.runner")
 
+# django-q2 issue #23: a worker killed while idle can die holding the local task queue's
+# read lock, and then every worker of that cluster blocks forever. Seen from outside: tasks
+# wait in the broker, yet no worker of ours is processing anything. After this long we
+# replace the cluster's generation.
+STALL_AFTER_S = 10.0
 TICK_S = 0.05
+BUSY_TICK_S = 0.01
 HOUSEKEEPING_S = 1.0
+EVALUATE_S = 10.0  # alert rules and automatic checklist checks
+
+# A SIGKILLed runpool cannot stop its clusters: their Sentinels, reparented to init, would
+# go on pulling tasks for ever, outside any runpool's heartbeats, resizes and shutdown.
+# So every process forked below runpool (the hook is inherited by forked children) asks
+# Linux to SIGKILL it when the process that forked it dies: runpool's death takes its
+# Sentinels, and a Sentinel's death takes its workers, pusher and monitor. Sessions they
+# held come back through the lease reaper and the queued timeout, as after any kill.
+PR_SET_PDEATHSIG = 1
+_forked_by = 0
+
+
+def _remember_parent() -> None:
+    global _forked_by
+    _forked_by = os.getpid()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _forked_by:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def children_die_with_their_parent() -> None:
+    """Linux only; call once, in runpool's process, before any cluster starts."""
+    if sys.platform.startswith("linux") and not _forked_by:
+        _remember_parent()
+        os.register_at_fork(before=_remember_parent, after_in_child=_die_with_parent)
 
 
 @dataclass
@@ -55,6 +93,7 @@ class Generation:
     workers: int
     cluster: object = None  # django_q.cluster.Cluster
     stopping_since: float | None = None
+    started_at: datetime | None = None
 
     def start(self) -> None:
         # Imported late: django_q.cluster calls django.setup() at import.
@@ -70,6 +109,7 @@ class Generation:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         title = setproctitle.getproctitle() if setproctitle else None
         db.connections.close_all()  # never share a socket with the forked processes
+        self.started_at = timezone.now()  # before its pusher can take a task
         self.cluster = Cluster(get_broker(self.queue))
         for sig, handler in handlers.items():  # Cluster() installs its own in our process
             signal.signal(sig, handler)
@@ -167,6 +207,19 @@ class ClusterRuntime:
             self.draining.append(old)
         logger.info("cluster %s now runs %d workers", self.name, workers)
 
+    def replace_stalled(self) -> None:
+        """Start a fresh generation and kill the stalled one (it cannot drain: its workers
+        are blocked on a queue lock held by a dead process). Sessions in its local buffer
+        stay queued and are re-dispatched after SESSION_QUEUED_TIMEOUT_S."""
+        old = self.current
+        if old is None:
+            return
+        self.current = Generation(queue=self.name, workers=old.workers)
+        self.current.start()
+        old.kill()
+        old.stopping_since = time.monotonic()
+        self.draining.append(old)
+
     def stop(self) -> None:
         if self.current:
             self.current.request_stop()
@@ -198,6 +251,8 @@ class PoolHostRunner:
         self.dispatcher = FairDispatcher()
         self.last_housekeeping = 0.0
         self.last_heartbeat = 0.0
+        self.last_evaluation = 0.0
+        self.last_autoscale = 0.0
         self.process = psutil.Process()
         self.process.cpu_percent()  # primes the CPU counters
 
@@ -208,16 +263,19 @@ class PoolHostRunner:
             setproctitle.setproctitle(f"runpool {self.host}")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        children_die_with_their_parent()
         logger.info("runpool %s starting (pid %d)", self.host, os.getpid())
         while not self.stopping:
             try:
-                self.tick()
+                sent = self.tick()
             except DatabaseError as exc:
                 # PostgreSQL restarting: keep the workers, retry with fresh connections.
                 logger.warning("database unavailable, retrying: %s", exc)
                 db.connections.close_all()
                 time.sleep(1)
-            time.sleep(TICK_S)
+                continue
+            # While there is work, come back quickly to keep the queues topped up.
+            time.sleep(BUSY_TICK_S if sent else TICK_S)
         self.shutdown()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -243,7 +301,7 @@ class PoolHostRunner:
         logger.info("runpool %s stopped", self.host)
 
     # --- the loop ----------------------------------------------------------------
-    def tick(self) -> None:
+    def tick(self) -> int:
         now = timezone.now()
         mono = time.monotonic()
         if mono - self.last_housekeeping >= HOUSEKEEPING_S:
@@ -251,6 +309,7 @@ class PoolHostRunner:
             self.reconcile()
             sessions_close_idle(now=now)
             sessions_reap(now=now)
+            self.recover_stalled(now=now)
             self.last_housekeeping = mono
         if mono - self.last_heartbeat >= settings.POOL_HEARTBEAT_S:
             self.heartbeat()
@@ -258,7 +317,33 @@ class PoolHostRunner:
             from onboarding.lag import lag_samples_record  # late: onboarding reads pool
 
             lag_samples_record(now=now)
-        self.dispatcher.dispatch(now=now)
+        if mono - self.last_evaluation >= EVALUATE_S:
+            self.evaluate(now=now)
+            self.last_evaluation = mono
+        if mono - self.last_autoscale >= AUTOSCALE_TICK_S:
+            # A resize it decides is a WorkerCluster change like an admin's: every host
+            # applies it at its next reconcile.
+            autoscale_tick(now=now)
+            self.last_autoscale = mono
+        return self.dispatcher.dispatch(now=now)
+
+    def evaluate(self, *, now) -> None:
+        """Alert rules and automatic checklist items. A failure here is logged and never
+        stops dispatching: the pool's job comes first."""
+        # Late imports: onboarding reads pool, not the other way round at import time.
+        from onboarding.alerts import alerts_evaluate
+        from onboarding.checklists import checklist_checks_evaluate
+
+        for name, evaluate in (
+            ("alert rules", alerts_evaluate),
+            ("checklist checks", checklist_checks_evaluate),
+        ):
+            try:
+                evaluate(now=now)
+            except DatabaseError:
+                raise
+            except Exception:
+                logger.exception("evaluating %s failed", name)
 
     def reconcile(self) -> None:
         """Make the running generations match the WorkerCluster table."""
@@ -274,11 +359,54 @@ class PoolHostRunner:
             runtime.apply(workers)
             runtime.reap_drained(kill_after_s=settings.Q_TASK_TIMEOUT_S + 5)
 
-    def reconcile_now(self) -> None:
-        self.last_housekeeping = 0.0
+    def recover_stalled(self, *, now) -> None:
+        """Replace a generation that had work for STALL_AFTER_S and did none of it.
+
+        Work is a broker task that waited that long, or that a pusher took that long ago
+        (after this generation started) and nobody acknowledged: a stalled generation's
+        pusher first takes up to workers + 1 tasks into its dead buffer, so with little
+        traffic, or another host draining the queue, no task waits in the broker at all.
+        None done: no worker busy now, and no session of the cluster processed by this
+        host for STALL_AFTER_S (which also spares a generation whose only unacknowledged
+        task is one a killed busy worker left behind, while it keeps processing).
+        """
+        from django_q.conf import Conf
+        from django_q.models import OrmQ
+
+        stall = timedelta(seconds=STALL_AFTER_S)
+        retry = timedelta(seconds=Conf.RETRY)
+        for runtime in self.runtimes.values():
+            gen = runtime.current
+            if gen is None or gen.stopping_since is not None or gen.started_at is None:
+                continue
+            if now - gen.started_at < stall:
+                continue
+            tasks = OrmQ.objects.filter(key=runtime.name)
+            waiting = tasks.filter(lock__lte=now - stall)
+            # The ORM broker sets lock = time taken + retry when a pusher takes a task.
+            taken = tasks.filter(lock__gte=gen.started_at + retry, lock__lte=now - stall + retry)
+            if not (waiting.exists() or taken.exists()):
+                continue
+            procs = gen.worker_processes()
+            if not procs or any(_is_busy(p) for p in procs):
+                continue
+            if Session.objects.filter(
+                worker_host=self.host,
+                dispatched_cluster_id=runtime.cluster_id,
+                processed_at__gte=now - stall,
+            ).exists():
+                continue
+            logger.error(
+                "cluster %s stalled: work waiting %.0fs, none done, no worker busy; replacing it",
+                runtime.name,
+                STALL_AFTER_S,
+            )
+            runtime.replace_stalled()
 
     def heartbeat(self) -> None:
         now = timezone.now()
+        cpu_percent = psutil.cpu_percent()  # since the previous heartbeat
+        memory_percent = psutil.virtual_memory().percent
         host, _ = PoolHost.objects.update_or_create(
             name=self.host,
             defaults={
@@ -286,10 +414,13 @@ class PoolHostRunner:
                 "seen_at": now,
                 "stopped": False,
                 "cpu_count": psutil.cpu_count() or 1,
-                "cpu_percent": psutil.cpu_percent(),
-                "memory_percent": psutil.virtual_memory().percent,
+                "cpu_percent": cpu_percent,
+                "memory_percent": memory_percent,
                 "rss_bytes": self.total_rss(),
             },
+        )
+        host_sample_record(
+            host=host, now=now, cpu_percent=cpu_percent, memory_percent=memory_percent
         )
         done = dict(
             Session.objects.filter(
@@ -300,19 +431,20 @@ class PoolHostRunner:
             .values_list("dispatched_cluster_id", "n")
         )
         for runtime in self.runtimes.values():
-            procs = runtime.workers()
+            # Live = the current generation's workers: a draining generation finishing its
+            # buffer must not make a resize look applied before it is. Busy counts both.
+            current = runtime.current.worker_processes() if runtime.current else []
             ClusterHeartbeat.objects.update_or_create(
                 host=host,
                 cluster_id=runtime.cluster_id,
                 defaults={
                     "applied_workers": runtime.current.workers if runtime.current else 0,
-                    "live_workers": len(procs),
-                    "busy_workers": sum(1 for p in procs if _is_busy(p)),
+                    "live_workers": len(current),
+                    "busy_workers": sum(1 for p in runtime.workers() if _is_busy(p)),
                     "processed_per_min": done.get(runtime.cluster_id, 0),
                     "seen_at": now,
                 },
             )
-            self.dispatcher.rates[runtime.cluster_id] = done.get(runtime.cluster_id, 0) / 60
 
     def total_rss(self) -> int:
         total = 0

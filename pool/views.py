@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from pool import clusters as cluster_services
+from pool.autoscale import cluster_resize_by_admin
 from pool.forms import ClusterCreateForm, MoveForm, ResizeForm, WeightForm
 from pool.models import WorkerCluster
 from pool.selectors import cluster_rows, hosts, recent_changes
@@ -51,9 +52,8 @@ def cluster_resize(request: HttpRequest, name: str) -> HttpResponse:
     form = ResizeForm(request.POST)
     if not form.is_valid():
         return _page(request, status=400, form_errors={cluster.name: form.errors["workers"]})
-    cluster_services.cluster_resize(
-        cluster=cluster, workers=form.cleaned_data["workers"], by=request.user
-    )
+    # A person's number stands: this also switches the cluster's autoscale off.
+    cluster_resize_by_admin(cluster=cluster, workers=form.cleaned_data["workers"], by=request.user)
     return _done(request, f"{cluster.name}: {form.cleaned_data['workers']} workers per host.")
 
 
@@ -82,29 +82,34 @@ def cluster_create(request: HttpRequest) -> HttpResponse:
     return _done(request, f"Cluster {cluster.name} created.")
 
 
+def _customer_change(request: HttpRequest, form_class, change) -> HttpResponse:
+    form = form_class(request.POST)
+    if not form.is_valid():
+        return _page(request, status=400, move_errors=form.errors)
+    return _done(request, change(form.cleaned_data))
+
+
 @require_POST
 @login_required
 @permission_required("onboarding.change_customer", raise_exception=True)
 def customer_move(request: HttpRequest) -> HttpResponse:
-    form = MoveForm(request.POST)
-    if not form.is_valid():
-        return _page(request, status=400, move_errors=form.errors)
-    customer = cluster_services.customer_move(
-        customer=form.cleaned_data["customer"],
-        cluster=form.cleaned_data["cluster"],
-        by=request.user,
-    )
-    return _done(request, f"{customer.name} moved to {customer.cluster.name}.")
+    def move(data) -> str:
+        customer = cluster_services.customer_move(
+            customer=data["customer"], cluster=data["cluster"], by=request.user
+        )
+        return f"{customer.name} moved to {customer.cluster.name}."
+
+    return _customer_change(request, MoveForm, move)
 
 
 @require_POST
 @login_required
 @permission_required("onboarding.change_customer", raise_exception=True)
 def customer_weight(request: HttpRequest) -> HttpResponse:
-    form = WeightForm(request.POST)
-    if not form.is_valid():
-        return _page(request, status=400, move_errors=form.errors)
-    customer = cluster_services.customer_set_weight(
-        customer=form.cleaned_data["customer"], weight=form.cleaned_data["weight"], by=request.user
-    )
-    return _done(request, f"{customer.name} now has weight {customer.weight}.")
+    def reweigh(data) -> str:
+        customer = cluster_services.customer_set_weight(
+            customer=data["customer"], weight=data["weight"], by=request.user
+        )
+        return f"{customer.name} now has weight {customer.weight}."
+
+    return _customer_change(request, WeightForm, reweigh)

@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_database_url() -> str:
+def subprocess_database_url() -> str:
     s = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{s['NAME']}"
@@ -45,7 +45,7 @@ def test_database_url() -> str:
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=test_database_url(),
+        DATABASE_URL=subprocess_database_url(),
         HTTPS="0",
         SECRET_KEY="integration-tests-secret-key-0123456789-abcdefghijklmnop",
         SESSION_LEASE_S="5",

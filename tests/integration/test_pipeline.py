@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-from django.db.models import Count
 
 from onboarding.services import customer_create
 from pool.models import PoolHost, Session, State
@@ -85,6 +84,7 @@ def test_500_sessions_are_each_processed_exactly_once_despite_a_killed_busy_work
         wait_for(all_processed, 120, interval=0.5, message="500 processed sessions")
     except AssertionError:
         import subprocess
+
         from django.db.models import Count
 
         print(list(Session.objects.values("state").annotate(n=Count("id"))))

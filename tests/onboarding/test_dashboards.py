@@ -213,3 +213,9 @@ def test_samples_roll_up_and_are_pruned(acme):
     assert not LagSample.objects.filter(resolution_s=LagSample.RAW).exists()  # past 26 h
     rollups = LagSample.objects.filter(resolution_s=LagSample.ROLLUP)
     assert rollups.exists() and max(r.lag_s for r in rollups) == 39
+
+
+def test_healthz_for_a_web_host_checks_only_the_database(client, db):
+    assert client.get("/healthz").status_code == 503  # no pool heartbeat
+    reply = client.get("/healthz?scope=web")
+    assert reply.status_code == 200 and reply.json()["database"] == "ok"

@@ -1,0 +1,242 @@
+"""`python manage.py bench_fairness`: can a huge customer starve the others?
+
+One cluster with 2 workers and a real runpool subprocess. Three phases in one run:
+  0. capacity: the big customer's backlog drains alone (sessions/s the cluster can do);
+  A. alone:    5 small customers send ~1 session/s each, nothing else (their lag p95);
+  B. mixed:    the same small traffic while a 20,000-session backlog waits.
+Prints (a) small customers' lag p95 in B ÷ in A (target ≤ 2, with a 5 s allowance) and
+(b) the big customer's drain rate in B ÷ (capacity − small arrival rate) (target ≥ 0.9).
+Run it against PostgreSQL; it creates its own cluster and customers and deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.utils import timezone
+
+from onboarding.models import Customer
+from pool.clusters import customer_move
+from pool.ingest import compress_body
+from pool.models import Payload, Session, State, WorkerCluster
+
+CLUSTER = "bench-fair"
+PARKING = "bench-parked"
+FIXTURE = Path(settings.BASE_DIR) / "tests" / "fixtures" / "rrweb" / "checkout.payloads.json"
+
+
+def realistic_body() -> bytes:
+    """One real rrweb recording's events as a single payload: processing costs what it would."""
+    doc = json.loads(FIXTURE.read_text())
+    events = [e for p in doc["payloads"] for e in p["events"]]
+    return compress_body(json.dumps({"payload_id": 0, "events": events}).encode())
+
+
+def add_ready(customer: Customer, n: int, body: bytes, prefix: str) -> None:
+    now = timezone.now()
+    sessions = Session.objects.bulk_create(
+        [
+            Session(
+                customer=customer,
+                external_id=f"{prefix}-{i}",
+                state=State.READY,
+                ready_at=now,
+                payload_count=1,
+            )
+            for i in range(n)
+        ],
+        batch_size=2000,
+    )
+    Payload.objects.bulk_create(
+        [
+            Payload(session=s, payload_id=0, body=body, event_count=100, raw_bytes=len(body))
+            for s in sessions
+        ],
+        batch_size=2000,
+    )
+
+
+def p95(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+class SmallTraffic:
+    """Each small customer gets one new ready session per second (a feeder thread)."""
+
+    def __init__(self, customers: list[Customer], body: bytes, rate_per_customer: float) -> None:
+        self.customers, self.body, self.rate = customers, body, rate_per_customer
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        tick = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            for customer in self.customers:
+                add_ready(customer, 1, self.body, f"small-{time.time_ns()}-{tick}")
+                self.sent += 1
+            tick += 1
+            self.stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
+        connection.close()
+
+
+class Command(BaseCommand):
+    help = "Fairness benchmark: small customers' lag and the big backlog's drain rate."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--backlog", type=int, default=20000)
+        parser.add_argument("--small", type=int, default=5)
+        parser.add_argument("--phase-seconds", type=float, default=60)
+        parser.add_argument("--capacity-seconds", type=float, default=20)
+        parser.add_argument("--workers", type=int, default=2)
+
+    def handle(self, *args, **opts) -> None:
+        if connection.vendor != "postgresql":
+            raise CommandError("run the fairness benchmark against PostgreSQL (DATABASE_URL)")
+        self.cleanup()
+        cluster = WorkerCluster.objects.create(name=CLUSTER, desired_workers=opts["workers"])
+        WorkerCluster.objects.create(name=PARKING, desired_workers=1, paused=True)
+        big = Customer.objects.create(name="bench big", slug="bench-big", cluster=cluster)
+        smalls = [
+            Customer.objects.create(
+                name=f"bench small {i}", slug=f"bench-small-{i}", cluster=cluster
+            )
+            for i in range(opts["small"])
+        ]
+        body = realistic_body()
+        pool = self.start_pool()
+        try:
+            self.wait_workers(cluster, opts["workers"])
+            capacity = self.phase_capacity(big, body, opts)
+            lag_alone = self.phase_small(smalls, body, opts, label="A alone")
+            lag_mixed, big_rate, small_rate = self.phase_mixed(big, smalls, body, opts)
+        finally:
+            pool.send_signal(signal.SIGTERM)
+            pool.wait(120)
+            self.cleanup()
+        alone, mixed = p95(lag_alone), p95(lag_mixed)
+        leftover = max(capacity - small_rate, 1e-9)
+        self.stdout.write(
+            f"capacity (big alone): {capacity:.1f} sessions/s with {opts['workers']} workers"
+        )
+        self.stdout.write(
+            f"small customers' lag p95: alone {alone:.2f} s, with the big backlog {mixed:.2f} s"
+        )
+        self.stdout.write(
+            f"(a) small lag p95 ratio: {mixed / max(alone, 1e-9):.2f} "
+            f"(target <= 2, or within alone + 5 s = {alone + 5:.2f} s: "
+            f"{'met' if mixed <= max(2 * alone, alone + 5) else 'NOT met'})"
+        )
+        self.stdout.write(
+            f"(b) big drain rate / capacity left over: {big_rate:.1f} / {leftover:.1f} = "
+            f"{big_rate / leftover:.2f} (target >= 0.9)"
+        )
+
+    # --- phases -------------------------------------------------------------------
+    def phase_capacity(self, big: Customer, body: bytes, opts) -> float:
+        add_ready(big, opts["backlog"], body, "big")
+        start_count = self.processed(big)
+        time.sleep(opts["capacity_seconds"])
+        rate = (self.processed(big) - start_count) / opts["capacity_seconds"]
+        # Top the backlog back up so the mixed phase starts with the full 20,000.
+        waiting = Session.objects.filter(customer=big).exclude(state=State.PROCESSED).count()
+        add_ready(big, opts["backlog"] - waiting, body, "big2")
+        # Park the big customer on a paused cluster for the alone phase: its backlog waits.
+        customer_move(customer=big, cluster=WorkerCluster.objects.get(name=PARKING))
+        self.wait_idle(big)
+        self.stdout.write(f"phase 0 capacity: {rate:.1f} sessions/s")
+        return rate
+
+    def phase_small(self, smalls, body, opts, *, label: str) -> list[float]:
+        since = timezone.now()
+        traffic = SmallTraffic(smalls, body, 1.0)
+        traffic.thread.start()
+        time.sleep(opts["phase_seconds"])
+        traffic.stop.set()
+        traffic.thread.join()
+        lags = self.small_lags(smalls, since, timeout=60)
+        self.stdout.write(f"phase {label}: {len(lags)} small sessions, lag p95 {p95(lags):.2f} s")
+        return lags
+
+    def phase_mixed(self, big, smalls, body, opts) -> tuple[list[float], float, float]:
+        customer_move(customer=big, cluster=WorkerCluster.objects.get(name=CLUSTER))
+        Session.objects.filter(customer=big, state=State.READY).update(ready_at=timezone.now())
+        since = timezone.now()
+        start_big = self.processed(big)
+        traffic = SmallTraffic(smalls, body, 1.0)
+        traffic.thread.start()
+        started = time.monotonic()
+        time.sleep(opts["phase_seconds"])
+        elapsed = time.monotonic() - started
+        big_rate = (self.processed(big) - start_big) / elapsed
+        traffic.stop.set()
+        traffic.thread.join()
+        small_rate = traffic.sent / elapsed
+        lags = self.small_lags(smalls, since, timeout=60)
+        self.stdout.write(
+            f"phase B mixed: {len(lags)} small sessions, lag p95 {p95(lags):.2f} s; "
+            f"big drained {big_rate:.1f}/s while small arrived {small_rate:.1f}/s"
+        )
+        return lags, big_rate, small_rate
+
+    # --- helpers ------------------------------------------------------------------
+    def small_lags(self, smalls, since, *, timeout: float) -> list[float]:
+        qs = Session.objects.filter(customer__in=smalls, ready_at__gte=since)
+        deadline = time.monotonic() + timeout
+        while qs.exclude(state=State.PROCESSED).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return [
+            (done - ready).total_seconds()
+            for ready, done in qs.filter(state=State.PROCESSED).values_list(
+                "ready_at", "processed_at"
+            )
+        ]
+
+    def processed(self, customer: Customer) -> int:
+        return Session.objects.filter(customer=customer, state=State.PROCESSED).count()
+
+    def wait_idle(self, customer: Customer, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        busy = [State.QUEUED, State.PROCESSING]
+        while Session.objects.filter(customer=customer, state__in=busy).exists():
+            if time.monotonic() > deadline:
+                raise CommandError("the cluster did not go idle")
+            time.sleep(0.2)
+
+    def wait_workers(self, cluster: WorkerCluster, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fresh = timezone.now() - timedelta(seconds=10)
+            live = sum(
+                cluster.heartbeats.filter(seen_at__gte=fresh).values_list("live_workers", flat=True)
+            )
+            if live >= n:
+                return
+            time.sleep(0.3)
+        raise CommandError("runpool did not start its workers")
+
+    def start_pool(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "runpool", "--host", "bench-fair"],
+            cwd=settings.BASE_DIR,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def cleanup(self) -> None:
+        Customer.objects.filter(slug__startswith="bench-").delete()
+        WorkerCluster.objects.filter(name__in=[CLUSTER, PARKING]).delete()

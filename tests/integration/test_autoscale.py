@@ -1,0 +1,124 @@
+"""Autoscale with a real runpool: workers go up under load and back down after.
+
+Depends on runpool calling pool.autoscale.autoscale_tick (see pool.runner); the test says
+so plainly if it does not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.db.models import Q
+
+from onboarding.services import customer_create
+from pool.autoscale import AUTOSCALE_BY, autoscale_update
+from pool.clusters import cluster_resize
+from pool.management.commands.bench_fairness import add_ready, realistic_body
+from pool.models import ClusterChange, ClusterSample, Session, State, WorkerCluster
+from tests.integration.conftest import wait_for, worker_processes
+
+pytestmark = [pytest.mark.integration]
+
+TARGET_LAG_S = 5
+
+
+class Feeder(threading.Thread):
+    """Ready sessions with a real recording's payload, at a steady rate."""
+
+    def __init__(self, customer, body: bytes, per_s: float) -> None:
+        super().__init__(daemon=True)
+        self.customer, self.body, self.per_s = customer, body, per_s
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - started) * self.per_s) - self.sent
+            if due > 0:
+                add_ready(self.customer, due, self.body, f"f{self.sent}")
+                self.sent += due
+            self.stop.wait(0.25)
+        connection.close()  # this thread's own connection; the test database is dropped later
+
+
+def one_worker_rate(customer, body: bytes) -> float:
+    """Sessions/s one worker finishes here, now (the machine is shared: measure it)."""
+    add_ready(customer, 2000, body, "calibrate")
+    time.sleep(2)
+    done = Q(customer=customer, state=State.PROCESSED)
+    before = Session.objects.filter(done).count()
+    time.sleep(6)
+    rate = (Session.objects.filter(done).count() - before) / 6
+    # Paused, the dispatcher leaves the rest alone while it is deleted.
+    WorkerCluster.objects.filter(pk=customer.cluster_id).update(paused=True)
+    time.sleep(1)
+    wait_for(
+        lambda: (
+            not Session.objects.filter(
+                customer=customer, state__in=[State.QUEUED, State.PROCESSING]
+            ).exists()
+        ),
+        60,
+        message="calibration sessions to finish",
+    )
+    Session.objects.filter(customer=customer, state=State.READY).delete()
+    WorkerCluster.objects.filter(pk=customer.cluster_id).update(paused=False)
+    return rate
+
+
+def desired() -> int:
+    return WorkerCluster.objects.get(name="shared").desired_workers
+
+
+def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
+    customer = customer_create(name="Acme Corp")[0]
+    cluster = WorkerCluster.objects.get(name="shared")
+    cluster_resize(cluster=cluster, workers=1)
+    # The CPU cap is covered by unit tests; here other jobs share the machine's two
+    # cores, and their load would (rightly) keep the autoscaler from adding workers.
+    pool = runpool("it-autoscale", AUTOSCALE_CPU_CAP="0")
+    wait_for(lambda: len(worker_processes(pool.pid)) == 1, 30, message="1 live worker")
+    wait_for(
+        lambda: ClusterSample.objects.filter(cluster=cluster).exists(),
+        25,
+        message="runpool to call pool.autoscale.autoscale_tick (the wiring in pool.runner)",
+    )
+    body = realistic_body()
+    rate = one_worker_rate(customer, body)
+    assert rate > 0
+
+    autoscale_update(
+        cluster=cluster, enabled=True, min_workers=1, max_workers=3, target_lag_s=TARGET_LAG_S
+    )
+    feeder = Feeder(customer, body, per_s=3 * rate)
+    feeder.start()
+    try:
+        wait_for(lambda: desired() >= 2, 60, 0.5, "the autoscaler to add workers")
+        wait_for(lambda: len(worker_processes(pool.pid)) >= 2, 15, 0.2, "2+ live workers")
+        time.sleep(5)
+    finally:
+        feeder.stop.set()
+        feeder.join()
+
+    # Traffic stopped: the backlog drains, then workers go back to the minimum.
+    wait_for(lambda: desired() == 1, 240, 1, "workers back at the minimum")
+    wait_for(lambda: len(worker_processes(pool.pid)) == 1, 15, 0.2, "1 live worker")
+    wait_for(
+        lambda: not Session.objects.exclude(state=State.PROCESSED).exists(),
+        60,
+        0.5,
+        "all processed",
+    )
+    changes = ClusterChange.objects.filter(cluster=cluster, field="desired_workers").order_by("at")
+    by_autoscaler = [c for c in changes if c.by_label == AUTOSCALE_BY]
+    assert len(by_autoscaler) >= 2  # at least one up and one down
+    assert int(by_autoscaler[0].after) > int(by_autoscaler[0].before)
+    assert by_autoscaler[-1].after == "1"
+    assert len(by_autoscaler) <= 5, [(c.before, c.after) for c in by_autoscaler]  # no flapping
+    fed = Session.objects.filter(customer=customer, external_id__startswith="f")
+    assert fed.count() == feeder.sent
+    assert not fed.exclude(state=State.PROCESSED).exists()
