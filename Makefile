@@ -27,7 +27,7 @@ browsers:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 run: $(VENV)/.runtime $(VAR_DIR)/secret_key
-	@export SECRET_KEY=$$(cat $(VAR_DIR)/secret_key) HTTPS=0 DEBUG=0 WEB_PORT=$(PORT); \
+	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SECRET_KEY=$$(cat $(VAR_DIR)/secret_key) HTTPS=0 DEBUG=0 WEB_PORT=$(PORT); \
 	$(PY) manage.py migrate --no-input -v0 && \
 	$(PY) manage.py collectstatic --no-input -v0 && \
 	$(PY) manage.py seed_demo && \

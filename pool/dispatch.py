@@ -61,8 +61,16 @@ def clusters_with_load(*, now: datetime) -> list[WorkerCluster]:
         .annotate(n=Count("id"))
         .values("n")
     )
-    customer_ready = Session.objects.filter(customer=OuterRef("pk"), state=State.READY)
-    has_ready = Customer.objects.filter(cluster=OuterRef("pk")).filter(Exists(customer_ready))
+    # LIMIT 1 keeps PostgreSQL from turning this into a join over every ready session of
+    # every cluster: it probes each of the cluster's customers' partial index instead.
+    first_ready = Session.objects.filter(customer=OuterRef("pk"), state=State.READY).values("id")[
+        :1
+    ]
+    has_ready = (
+        Customer.objects.filter(cluster=OuterRef("pk"))
+        .annotate(first_ready=Subquery(first_ready))
+        .filter(first_ready__isnull=False)
+    )
     return list(
         WorkerCluster.objects.filter(paused=False).annotate(
             live=Coalesce(Subquery(live), 0),
