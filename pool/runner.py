@@ -76,6 +76,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != _forked_by:  # the parent died before prctl took effect
         os._exit(1)
+    # Out of runpool's process group: a signal to the whole group (Ctrl-C in a terminal,
+    # honcho's killpg) must reach runpool alone, which then stops its clusters gracefully.
+    # Sentinels reset SIGTERM to the default, so a group SIGTERM would kill workers mid-task.
+    os.setpgid(0, 0)
 
 
 def children_die_with_their_parent() -> None:
