@@ -13,6 +13,7 @@ from onboarding.alerts import open_alerts_by_customer
 from onboarding.dashboards import SORTS, WINDOWS, customer_charts, overview
 from onboarding.lag import lag_rows
 from onboarding.models import Customer
+from pool.capacity import customer_advice
 from pool.models import Session, State
 from pool.services import session_retry
 
@@ -47,6 +48,7 @@ def customer_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "window": window,
         "windows": list(WINDOWS),
         "charts": customer_charts(customer=customer, window=window, now=now),
+        "advice": customer_advice(customer=customer, now=now) if row.status != "OK" else None,
         "recent": Session.objects.filter(customer=customer, processed_at__isnull=False).order_by(
             "-processed_at"
         )[:25],

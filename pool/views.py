@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from pool import clusters as cluster_services
 from pool.autoscale import cluster_resize_by_admin
+from pool.capacity_views import capacity_context
 from pool.forms import ClusterCreateForm, MoveForm, ResizeForm, WeightForm
 from pool.models import WorkerCluster
 from pool.selectors import cluster_rows, hosts, recent_changes
@@ -28,8 +29,10 @@ def _page(request: HttpRequest, *, status: int = 200, **extra) -> HttpResponse:
         "max_workers": settings.POOL_MAX_WORKERS,
         **extra,
     }
-    template = "pool/clusters.html#live" if request.htmx else "pool/clusters.html"
-    return render(request, template, context, status=status)
+    if request.htmx:
+        return render(request, "pool/clusters.html#live", context, status=status)
+    context.update(capacity_context(request))  # the capacity section refreshes on its own
+    return render(request, "pool/clusters.html", context, status=status)
 
 
 @login_required

@@ -146,11 +146,12 @@ class Recorder(threading.Thread):
         max_sessions: int,
         payloads: int = 2,
         think_s: float = 0.0,
+        events: int = 12,
     ) -> None:
         super().__init__(daemon=True, name=f"recorder-{prefix}")
         self.port, self.key, self.prefix, self.traffic = port, key, prefix, traffic
         self.until, self.max_sessions = until, max_sessions
-        self.payloads, self.think_s = payloads, think_s
+        self.payloads, self.think_s, self.events = payloads, think_s, events
         self.stopped = threading.Event()
         self.conn: http.client.HTTPConnection | None = None
 
@@ -163,7 +164,8 @@ class Recorder(threading.Thread):
             sid = f"{self.prefix}-{n}"
             for payload_id in range(self.payloads):
                 final = payload_id == self.payloads - 1
-                self.send(sid, payload_id, session_payload(payload_id, final=final))
+                body = session_payload(payload_id, final=final, events=self.events)
+                self.send(sid, payload_id, body)
             n += 1
             if self.think_s:
                 self.stopped.wait(self.think_s)

@@ -39,7 +39,9 @@ pytest_plugins = ["tests.integration.conftest_reliability"]
 pytestmark = [pytest.mark.integration]
 
 
-def start_recorders(port: int, key: str, traffic: Traffic, *, n: int, think_s: float):
+def start_recorders(
+    port: int, key: str, traffic: Traffic, *, n: int, think_s: float, events: int = 12
+):
     recorders = [
         Recorder(
             port=port,
@@ -49,6 +51,7 @@ def start_recorders(port: int, key: str, traffic: Traffic, *, n: int, think_s: f
             until=time.monotonic() + 600,  # bounded; the test stops them much earlier
             max_sessions=5_000,
             think_s=think_s,
+            events=events,
         )
         for i in range(n)
     ]
@@ -105,8 +108,9 @@ def test_processing_continues_while_idle_workers_are_killed_again_and_again(guni
             killed_at, started = timezone.now(), time.monotonic()
             for proc in idle:
                 os.kill(proc.pid, signal.SIGKILL)
-            # A worker busy at the kill can finish its task, then it blocks on the lock the
-            # dead one held: ten sessions after the kill means the cluster was recovered.
+            # Reincarnated workers block on the lock the dead one held, and a stalled
+            # cluster processes nothing: ten sessions after the kill mean it recovered.
+            # (Not every kill stalls: the lock holder may be between two get() calls.)
             wait_for(
                 lambda k=killed_at: processed_since(customer, k) >= 10,
                 STALL_AFTER_S + 50,
@@ -210,18 +214,22 @@ def test_a_killed_runpool_leaves_no_orphans_and_its_successor_processes_everythi
     first = runpool("it-kill")
     wait_for(lambda: len(worker_processes(first.pid)) == 2, 30, message="2 live workers")
     traffic = Traffic()
-    recorders = start_recorders(gunicorn.port, key, traffic, n=4, think_s=0.02)
+    # Sessions of 2 x 2,000 events take tens of milliseconds to process: when runpool dies
+    # one of them is surely mid-way, and it must come back through the lease reaper.
+    recorders = start_recorders(gunicorn.port, key, traffic, n=4, think_s=0.02, events=2_000)
     tree: list[psutil.Process] = []
     try:
         wait_for(lambda: processed_since(customer, timezone.now() - timedelta(hours=1)) >= 30, 60)
         tree = psutil.Process(first.pid).children(recursive=True)
+        in_progress = Session.objects.filter(customer=customer, state=State.PROCESSING)
+        wait_for(in_progress.exists, 30, 0.001, "a session in progress")
         first.popen.send_signal(signal.SIGKILL)
         first.popen.wait(10)
         killed_at = timezone.now()
-        held = set(
+        held = dict(
             Session.objects.filter(
                 customer=customer, state__in=[State.QUEUED, State.PROCESSING]
-            ).values_list("external_id", flat=True)
+            ).values_list("external_id", "state")
         )
         # The cluster processes go with their runpool: nobody else could stop them.
         wait_for(
@@ -248,11 +256,18 @@ def test_a_killed_runpool_leaves_no_orphans_and_its_successor_processes_everythi
     attempts = assert_processed_exactly_once(
         test="runpool killed", customer=customer, traffic=traffic, max_attempts=2
     )
-    # What the dead runpool held came back through the lease reaper or the queued timeout.
+    # What the dead runpool held came back through the lease reaper or the queued timeout;
+    # a session it was processing ran once more (attempts 2), and was counted once.
+    was_processing = [sid for sid, state in held.items() if state == State.PROCESSING]
+    assert was_processing, "runpool died with no session in progress: nothing was tested"
     assert not Session.objects.filter(external_id__in=held).exclude(state=State.PROCESSED).exists()
+    assert set(
+        Session.objects.filter(external_id__in=was_processing).values_list("attempts", flat=True)
+    ) == {2}
     assert second.stop(signal.SIGTERM, timeout=60) == 0, second.tail()
     fault_survived(
         "SIGKILL runpool itself, then restart it",
-        f"{len(tree)} cluster processes exited with it, {len(held)} sessions it held came "
-        f"back, {len(traffic.sessions)} sessions, attempts {attempts}",
+        f"{len(tree)} cluster processes exited with it; the {len(held)} sessions it held "
+        f"({len(was_processing)} mid-processing) came back; {len(traffic.sessions)} sessions, "
+        f"attempts {attempts}",
     )
