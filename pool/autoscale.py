@@ -9,13 +9,14 @@ cluster_resize, audited as made by the "autoscaler". A person's resize switches 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from pool.capacity import (
@@ -28,6 +29,8 @@ from pool.capacity import (
 )
 from pool.clusters import cluster_resize
 from pool.models import ClusterAutoscale, ClusterChange, WorkerCluster
+
+logger = logging.getLogger("pool.autoscale")
 
 AUTOSCALE_TICK_S = 5
 AUTOSCALE_BY = "autoscaler"
@@ -140,10 +143,19 @@ def autoscale_tick(*, now: datetime | None = None) -> list[str]:
         return []
     changes = []
     for capacity in cluster_capacities(now=now, timings=False):
-        if capacity.cluster.pk in enabled:
+        if capacity.cluster.pk not in enabled:
+            continue
+        try:
             change = autoscale_apply(capacity=capacity, now=now)
-            if change:
-                changes.append(change)
+        except DatabaseError:
+            raise  # runpool retries with fresh connections
+        except Exception:
+            # One cluster's failure must stop neither the others nor runpool's dispatching.
+            logger.exception("autoscaling cluster %s failed", capacity.cluster.name)
+            continue
+        if change:
+            logger.info("autoscale %s", change)
+            changes.append(change)
     return changes
 
 

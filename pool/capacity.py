@@ -208,58 +208,70 @@ def advise(*, figures: ClusterFigures, within_s: float, focus: str | None = None
     loads = f.customers
     lagging = tuple(c.name for c in loads if c.backlog and c.lag_s >= c.warn_lag_s)
     base = Advice(cluster=f.name, kind="ok", current=f.desired, target=f.desired, lagging=lagging)
-    backlog = sum(c.backlog for c in loads)
-    arrivals = sum(c.arrivals_per_s for c in loads)
     who = _whose(focus=focus, lagging=lagging)
     if f.paused:
         return replace(base, kind="paused", sentence=f"{f.name} is paused: resume it first.")
     if f.hosts == 0:
         text = f"No live runpool host runs {f.name}: start one (manage.py runpool)."
         return replace(base, kind="no-host", sentence=text)
-    if not backlog and not arrivals:
+    if not any(c.backlog or c.arrivals_per_s for c in loads):
         text = f"Nothing waiting on {f.name} and nothing arrived in the last few minutes."
         return replace(base, kind="idle", sentence=text)
     if f.rate_per_worker is None:
         text = f"No session finished on {f.name} in the last 10 minutes: nothing to measure yet."
         return replace(base, kind="unknown", sentence=text)
-    capacity = f.rate_per_worker * f.hosts
     needed = workers_needed(
         rate=rate_needed(loads=loads, within_s=within_s),
         rate_per_worker=f.rate_per_worker,
         hosts=f.hosts,
     )
-    room = f.cpu_room
-    target = min(needed, f.max_workers, f.desired + room if room is not None else needed)
-    target = max(target, min(needed, f.desired))  # the CPU cap never advises fewer
-    eta = clear_eta_s(backlog=backlog, arrivals_per_s=arrivals, capacity_per_s=capacity * target)
-    advice = replace(base, needed=needed, target=target, cpu_room=room, eta_s=eta)
+    advice = replace(base, needed=needed, cpu_room=f.cpu_room)
     if needed <= f.desired:
-        now_eta = clear_eta_s(
-            backlog=backlog, arrivals_per_s=arrivals, capacity_per_s=capacity * f.desired
-        )
-        if lagging:
-            text = f"{f.name}'s {_workers(f.desired, f.hosts)} are enough: {who} backlog clears in {about(now_eta)}."
-            return replace(advice, kind="hold", target=f.desired, eta_s=now_eta, sentence=text)
-        if needed < f.desired and not backlog:
-            text = f"{f.name} keeps up; {_workers(needed, f.hosts)} would do (now {f.desired})."
-            return replace(advice, kind="fewer", sentence=text)
-        text = f"{f.name} keeps up with its arrivals with {_workers(f.desired, f.hosts)}."
-        return replace(advice, kind="ok", target=f.desired, eta_s=now_eta, sentence=text)
-    more = needed - f.desired
-    full_eta = clear_eta_s(
-        backlog=backlog, arrivals_per_s=arrivals, capacity_per_s=capacity * needed
+        return _enough(advice=advice, figures=f, who=who)
+    return _more(advice=advice, figures=f, who=who)
+
+
+def _eta(figures: ClusterFigures, workers: int) -> float | None:
+    """Time to clear the cluster's whole backlog with `workers` per host."""
+    return clear_eta_s(
+        backlog=sum(c.backlog for c in figures.customers),
+        arrivals_per_s=sum(c.arrivals_per_s for c in figures.customers),
+        capacity_per_s=(figures.rate_per_worker or 0) * figures.hosts * workers,
     )
-    text = f"{_more(more, f.hosts)} on {f.name} would clear {who} backlog in {about(full_eta)}"
+
+
+def _enough(*, advice: Advice, figures: ClusterFigures, who: str) -> Advice:
+    f, needed = figures, advice.needed or 1
+    eta = _eta(f, f.desired)
+    if advice.lagging:
+        text = f"{f.name}'s {_workers(f.desired, f.hosts)} are enough: {who} backlog clears in {about(eta)}."
+        return replace(advice, kind="hold", eta_s=eta, sentence=text)
+    if needed < f.desired and not any(c.backlog for c in f.customers):
+        text = f"{f.name} keeps up; {_workers(needed, f.hosts)} would do (now {f.desired})."
+        return replace(advice, kind="fewer", target=needed, eta_s=0.0, sentence=text)
+    text = f"{f.name} keeps up with its arrivals with {_workers(f.desired, f.hosts)}."
+    return replace(advice, kind="ok", eta_s=eta, sentence=text)
+
+
+def _more(*, advice: Advice, figures: ClusterFigures, who: str) -> Advice:
+    """More workers needed: as many as the CPU, and POOL_MAX_WORKERS, allow."""
+    f, needed, room = figures, advice.needed or 1, figures.cpu_room
+    more = needed - f.desired
+    text = f"{_count(more, f.hosts, 'more ')} on {f.name} would clear {who} backlog in {about(_eta(f, needed))}"
     if room == 0:
         text += "; but the hosts have no CPU to spare: add a pool host (another runpool)."
-        return replace(advice, kind="blocked", target=f.desired, sentence=text)
+        return replace(advice, kind="blocked", sentence=text)
+    target = min(needed, f.max_workers, f.desired + room if room is not None else needed)
+    target = max(target, f.desired)
+    eta = _eta(f, target)
+    each = " each" if f.hosts > 1 else ""
     if target - f.desired < more:
         limit = "CPU" if target < f.max_workers else f"a limit of {f.max_workers} workers"
         then = f"clear it in {about(eta)}" if eta is not None else "not catch up"
-        text += f"; the hosts have {limit} for {target - f.desired} more, which would {then}."
+        text += f"; the hosts have {limit} for {target - f.desired} more{each}, which would {then}."
     else:
-        text += f"; the hosts have CPU for {room} more." if room is not None else "."
-    return replace(advice, kind="more", sentence=text)
+        text += f"; the hosts have CPU for {room} more{each}." if room is not None else "."
+    return replace(advice, kind="more", target=target, eta_s=eta, sentence=text)
 
 
 def _whose(*, focus: str | None, lagging: tuple[str, ...]) -> str:
@@ -272,12 +284,12 @@ def _whose(*, focus: str | None, lagging: tuple[str, ...]) -> str:
     return f"{len(lagging)} customers'" if lagging else "the"
 
 
+def _count(n: int, hosts: int, more: str = "") -> str:
+    return f"{n} {more}worker{'s' if n != 1 else ''}" + (" per host" if hosts > 1 else "")
+
+
 def _workers(n: int, hosts: int) -> str:
-    return f"{n} worker{'s' if n != 1 else ''}" + (" per host" if hosts > 1 else "")
-
-
-def _more(n: int, hosts: int) -> str:
-    return f"{n} more worker{'s' if n != 1 else ''}" + (" per host" if hosts > 1 else "")
+    return _count(n, hosts)
 
 
 def about(seconds: float | None) -> str:

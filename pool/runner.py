@@ -327,7 +327,7 @@ class PoolHostRunner:
         if mono - self.last_autoscale >= AUTOSCALE_TICK_S:
             # A resize it decides is a WorkerCluster change like an admin's: every host
             # applies it at its next reconcile.
-            autoscale_tick(now=now)
+            self.guarded("autoscale", autoscale_tick, now=now)
             self.last_autoscale = mono
         return self.dispatcher.dispatch(now=now)
 
@@ -338,16 +338,18 @@ class PoolHostRunner:
         from onboarding.alerts import alerts_evaluate
         from onboarding.checklists import checklist_checks_evaluate
 
-        for name, evaluate in (
-            ("alert rules", alerts_evaluate),
-            ("checklist checks", checklist_checks_evaluate),
-        ):
-            try:
-                evaluate(now=now)
-            except DatabaseError:
-                raise
-            except Exception:
-                logger.exception("evaluating %s failed", name)
+        self.guarded("alert rules", alerts_evaluate, now=now)
+        self.guarded("checklist checks", checklist_checks_evaluate, now=now)
+
+    def guarded(self, name: str, step, **kwargs) -> None:
+        """Run a step whose failure must not stop the pool: logged, then carry on. Database
+        errors still go up, to the loop that reconnects."""
+        try:
+            step(**kwargs)
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("%s failed", name)
 
     def reconcile(self) -> None:
         """Make the running generations match the WorkerCluster table."""

@@ -17,11 +17,13 @@ Run it against PostgreSQL; it creates its own cluster and customer and deletes t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -34,7 +36,15 @@ from django.utils import timezone
 from onboarding.models import Customer
 from pool.autoscale import AUTOSCALE_BY, AUTOSCALE_TICK_S, autoscale_tick, autoscale_update
 from pool.management.commands.bench_fairness import add_ready, realistic_body
-from pool.models import BACKLOG_STATES, ClusterChange, ClusterSample, Session, State, WorkerCluster
+from pool.models import (
+    BACKLOG_STATES,
+    ClusterAutoscale,
+    ClusterChange,
+    ClusterSample,
+    Session,
+    State,
+    WorkerCluster,
+)
 
 CLUSTER = "bench-auto"
 SLUG = "bench-auto"
@@ -46,12 +56,14 @@ class Reading:
     lag_s: float
     backlog: int
     desired: int
+    decision: str = ""
 
 
 @dataclass
 class Run:
     readings: list[Reading] = field(default_factory=list)
     sent: int = 0
+    processed_in_load: int = 0
 
 
 class Feeder(threading.Thread):
@@ -110,6 +122,11 @@ class Command(BaseCommand):
     def handle(self, *args, **opts) -> None:
         if connection.vendor != "postgresql":
             raise CommandError("run the autoscale benchmark against PostgreSQL (DATABASE_URL)")
+        if opts["no_cpu_cap"] and not hasattr(settings, "AUTOSCALE_CPU_CAP"):
+            self.stdout.write(
+                "warning: config.settings has no AUTOSCALE_CPU_CAP (read from the environment); "
+                "runpool keeps the CPU cap"
+            )
         self.cleanup()
         cluster = WorkerCluster.objects.create(name=CLUSTER, desired_workers=1)
         customer = Customer.objects.create(name="bench autoscale", slug=SLUG, cluster=cluster)
@@ -142,12 +159,14 @@ class Command(BaseCommand):
                 ticker.join()
             pool.send_signal(signal.SIGTERM)
             pool.wait(120)
-            changes = list(
-                ClusterChange.objects.filter(
-                    cluster__name=CLUSTER, field="desired_workers", by_label=AUTOSCALE_BY
-                ).order_by("at")
+            changes = self.retrying(
+                lambda: list(
+                    ClusterChange.objects.filter(
+                        cluster__name=CLUSTER, field="desired_workers", by_label=AUTOSCALE_BY
+                    ).order_by("at")
+                )
             )
-            self.cleanup()
+            self.retrying(self.cleanup)
         self.report(run, changes, per_worker, opts)
 
     # --- phases -------------------------------------------------------------------
@@ -174,6 +193,7 @@ class Command(BaseCommand):
             f"({opts['factor']:.1f}x one worker), then silence"
         )
         run = Run()
+        done_before = self.processed(customer)
         feeder = Feeder(customer, body, per_s)
         started = time.monotonic()
         feeder.start()
@@ -184,7 +204,13 @@ class Command(BaseCommand):
             if now >= load_end and feeder.is_alive():
                 feeder.stop.set()
                 feeder.join()
-            reading = self.read(customer, cluster, now - started)
+                run.processed_in_load = self.processed(customer) - done_before
+            try:
+                reading = self.read(customer, cluster, now - started)
+            except DatabaseError:  # PostgreSQL restarting (a shared machine): read again
+                connection.close()
+                time.sleep(1)
+                continue
             run.readings.append(reading)
             settled = reading.t - max(opts["load_seconds"], self.last_change(run))
             # Back at the minimum with nothing waiting: watch 30 s more for a late flap.
@@ -211,7 +237,18 @@ class Command(BaseCommand):
         oldest = backlog.aggregate(m=Min("ready_at"))["m"]
         lag = (timezone.now() - oldest).total_seconds() if oldest else 0.0
         desired = WorkerCluster.objects.get(pk=cluster.pk).desired_workers
-        return Reading(t=t, lag_s=max(lag, 0.0), backlog=backlog.count(), desired=desired)
+        decision = (
+            ClusterAutoscale.objects.filter(pk=cluster.pk)
+            .values_list("last_decision", flat=True)
+            .first()
+        )
+        return Reading(
+            t=t,
+            lag_s=max(lag, 0.0),
+            backlog=backlog.count(),
+            desired=desired,
+            decision=re.sub(r"\d+", "N", decision or ""),
+        )
 
     # --- report -------------------------------------------------------------------
     def report(self, run: Run, changes: list[ClusterChange], per_worker: float, opts) -> None:
@@ -221,7 +258,10 @@ class Command(BaseCommand):
         peak = max(run.readings, key=lambda r: r.lag_s)
         over = next((r for r in run.readings if r.lag_s > target), None)
         back = next((r for r in run.readings if r.t > peak.t and r.lag_s <= target), None)
-        self.stdout.write(f"sent {run.sent} sessions during the load")
+        self.stdout.write(
+            f"during the load: {run.sent / load_s:.1f} sessions/s arrived, "
+            f"{run.processed_in_load / load_s:.1f}/s processed"
+        )
         self.stdout.write(f"peak lag: {peak.lag_s:.0f} s at t={peak.t:.0f} s (target {target} s)")
         if over is None:
             self.stdout.write("lag never went above the target")
@@ -256,8 +296,22 @@ class Command(BaseCommand):
         self.stdout.write(
             f"one worker: {per_worker:.1f}/s; arrivals {per_worker * opts['factor']:.1f}/s"
         )
+        reasons = Counter(r.decision for r in run.readings if r.decision)
+        self.stdout.write("the autoscaler's last decision, by seconds seen:")
+        for reason, seconds in reasons.most_common(6):
+            self.stdout.write(f"  {seconds:4d} s  {reason}")
 
     # --- helpers ------------------------------------------------------------------
+    def retrying(self, work, attempts: int = 30):
+        for attempt in range(attempts):
+            try:
+                return work()
+            except DatabaseError:
+                if attempt == attempts - 1:
+                    raise
+                connection.close()
+                time.sleep(1)
+
     def runpool_ticks(self, cluster: WorkerCluster, timeout: float = 15) -> bool:
         """runpool's tick records a sample per cluster every 10 s."""
         since = timezone.now()
