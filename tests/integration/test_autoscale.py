@@ -17,7 +17,14 @@ from onboarding.services import customer_create
 from pool.autoscale import AUTOSCALE_BY, autoscale_update
 from pool.clusters import cluster_resize
 from pool.management.commands.bench_fairness import add_ready, realistic_body
-from pool.models import ClusterChange, ClusterSample, Session, State, WorkerCluster
+from pool.models import (
+    ClusterAutoscale,
+    ClusterChange,
+    ClusterSample,
+    Session,
+    State,
+    WorkerCluster,
+)
 from tests.integration.conftest import wait_for, worker_processes
 
 pytestmark = [pytest.mark.integration]
@@ -97,7 +104,13 @@ def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
     feeder = Feeder(customer, body, per_s=3 * rate)
     feeder.start()
     try:
-        wait_for(lambda: desired() >= 2, 60, 0.5, "the autoscaler to add workers")
+        try:
+            wait_for(lambda: desired() >= 2, 60, 0.5, "the autoscaler to add workers")
+        except AssertionError as exc:
+            # "no CPU to spare" here means runpool ignored AUTOSCALE_CPU_CAP=0 (the
+            # setting must be read from the environment in config.settings).
+            decision = ClusterAutoscale.objects.get(pk=cluster.pk).last_decision
+            raise AssertionError(f"{exc}; its last decision: {decision!r}") from None
         wait_for(lambda: len(worker_processes(pool.pid)) >= 2, 15, 0.2, "2+ live workers")
         time.sleep(5)
     finally:

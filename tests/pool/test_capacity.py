@@ -461,3 +461,16 @@ def test_the_fragment_shows_hosts_with_their_cpu_and_a_chart(client, ops_user, l
     assert 'data-host="h1"' in body
     assert "<svg" in body and "h1, last hour" in body
     assert '<td class="num host-cpu">70%</td>' in body  # the last minute's mean
+
+
+def test_the_clusters_page_and_a_lagging_customer_s_page_show_the_advisor(
+    client, admin_user, lagging
+):
+    client.force_login(admin_user)
+    page = client.get("/clusters/").content.decode()
+    assert 'id="capacity"' in page and 'data-advice="more"' in page
+    assert "/clusters/shared/advice/apply" in page
+    customer = client.get("/customers/acme-corp/").content.decode()
+    assert 'id="advice"' in customer and 'data-advice="more"' in customer
+    Session.objects.filter(customer=lagging).delete()  # caught up: the advice goes
+    assert 'data-advice="' not in client.get("/customers/acme-corp/advice").content.decode()
