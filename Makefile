@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export VAR_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint bench bench-fairness bench-dashboard bench-resize clean browsers
+.PHONY: run test lint bench clean browsers
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ run: $(VENV)/.runtime $(VAR_DIR)/secret_key
 
 test: $(VENV)/.test browsers
 	$(PY) -m pytest
+
+# Benchmarks print their figures; run them against a scratch PostgreSQL database:
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/onramp_bench make bench
+BENCHES ?= bench_drain bench_fairness bench_resize bench_dashboard
+bench: $(VENV)/.test
+	@test -n "$$DATABASE_URL" || (echo "set DATABASE_URL to a scratch PostgreSQL database" && exit 2)
+	@export SECRET_KEY=$${SECRET_KEY:-bench-only-secret-key-0123456789abcdefghijklmnopqrstuv} HTTPS=0; \
+	$(PY) manage.py migrate --no-input -v0 && \
+	for b in $(BENCHES); do echo "== $$b"; $(PY) manage.py $$b || exit 1; done
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -629,10 +629,13 @@ def test_compose_migrate_pool_and_web_serve_and_pass_the_healthcheck(image):
             assert status == 200 and headers["Content-Type"].startswith("text/css")
             _wait(lambda: _healthcheck_passes(env), 60, "the HEALTHCHECK (runpool heartbeating)")
             assert _stop(pool, 120) == 0, pool_log.read_text()[-3000:]
-            # A graceful stop marks the host stopped: /healthz, and so the container, says so.
-            _wait(lambda: not _healthcheck_passes(env), 30, "the HEALTHCHECK to fail")
+            # A graceful stop marks the host stopped: the full /healthz says so, while the
+            # web container's HEALTHCHECK (?scope=web) stays healthy, so a pool outage does
+            # not take ingest out of the load balancer too.
+            _wait(lambda: _get(port, "/healthz")[0] == 503, 30, "/healthz to report the pool down")
+            assert _healthcheck_passes(env)
         finally:
             _stop(pool, 120)
             _stop(web, 60)
     # Through the HTTPS redirect exemption and host validation, with production settings.
-    assert '"GET /healthz HTTP/1.1" 200' in web_log.read_text()
+    assert '"GET /healthz?scope=web HTTP/1.1" 200' in web_log.read_text()
