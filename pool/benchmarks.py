@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import close_old_connections, connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -52,10 +52,15 @@ def load_average() -> str:
 # --- Realistic sessions --------------------------------------------------------------
 
 
+def recording_payloads(name: str) -> list[dict]:
+    """The payloads of tests/fixtures/rrweb/<name>.payloads.json, as the recorder sent them."""
+    return json.loads((RECORDINGS / f"{name}.payloads.json").read_text())["payloads"]
+
+
 def recording_bodies(name: str, *, merged: bool = False) -> list[bytes]:
     """A real recording's payloads as the ingest API stores them (zlib level 1 of the JSON
     body the recorder sent): one per payload sent, or all events in one (merged)."""
-    payloads = json.loads((RECORDINGS / f"{name}.payloads.json").read_text())["payloads"]
+    payloads = recording_payloads(name)
     if merged:
         payloads = [{"payload_id": 0, "events": [e for p in payloads for e in p["events"]]}]
     last = len(payloads) - 1
@@ -150,6 +155,15 @@ def sessions_delete(*, customer_id: int) -> None:
                 [customer_id],
             )
         cursor.execute("DELETE FROM pool_session WHERE customer_id = %s", [customer_id])
+
+
+def vacuum() -> None:
+    """VACUUM ANALYZE the tables a benchmark fills and empties, so the planner knows the
+    new rows and autovacuum does not start on the bench's own deletes mid-measurement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "VACUUM (ANALYZE) pool_session, pool_payload, pool_sessionstream, django_q_ormq"
+        )
 
 
 def bench_cleanup(*, name: str) -> None:
@@ -252,20 +266,19 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process tree (live processes, and children they
-    already reaped, which the kernel adds to the parent's children_* counters)."""
-    total = 0.0
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process tree: pages shared after fork counted once in
+    all (RSS counts them in every process). For context next to tree_rss."""
+    total = 0
     try:
         parent = psutil.Process(pid)
         procs = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return 0
     for proc in procs:
         try:
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             pass
     return total
 
@@ -298,6 +311,7 @@ def wait_drained(
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        close_old_connections()  # a long run outlives CONN_MAX_AGE and health checks
         left = backlog_count(customer)
         if on_poll:
             on_poll(left)
@@ -321,23 +335,24 @@ def processed_span(customer: Customer, *, since: datetime) -> tuple[int, float]:
     return n, (agg["last"] - since).total_seconds()
 
 
-def check_exactly_once(customer: Customer, n: int) -> None:
-    """Every session processed, none failed, each stored once (one stream row each)."""
+def check_exactly_once(customer: Customer, *, n: int, total_before: int) -> None:
+    """All n sessions processed, each stored once (one stream row each) and counted once."""
     from pool.models import SessionStream
 
     processed = Session.objects.filter(customer=customer, state=State.PROCESSED).count()
     streams = SessionStream.objects.filter(session__customer=customer).count()
     customer.refresh_from_db()
-    if not (processed == streams == customer.processed_total == n):
+    counted = customer.processed_total - total_before
+    if not (processed == streams == counted == n):
         raise CommandError(
             f"correctness: {n} sessions, {processed} processed, {streams} streams, "
-            f"processed_total {customer.processed_total}"
+            f"counted {counted} times"
         )
 
 
 # --- The machine's limit: multiprocessing.Pool over sessions held in memory -------------
 
-_POOL_SESSIONS: list[list[dict]] = []
+_POOL_SESSIONS: list = []
 
 
 def _process_in_memory(index: int) -> int:
@@ -346,22 +361,31 @@ def _process_in_memory(index: int) -> int:
     return len(processing.compress_stream(events)) + summary.event_total
 
 
-def pool_rate(*, sessions: list[list[dict]], n: int, workers: int) -> tuple[float, float]:
-    """(sessions/s, CPU ms per session) of multiprocessing.Pool(workers) running
-    summarize + compress_stream.
+def _process_stored_in_memory(index: int) -> int:
+    bodies = _POOL_SESSIONS[index % len(_POOL_SESSIONS)]
+    payloads = [decompress_body(body) for body in bodies]
+    summary, events = processing.summarize(payloads)
+    return len(processing.compress_stream(events)) + summary.event_total
 
-    The decompressed payloads are held in memory before the fork and tasks carry only an
-    index (in chunks), so nothing but the processing itself is measured: the machine's
-    limit for this work.
+
+def pool_rate(*, sessions: list, n: int, workers: int, stored: bool = False) -> tuple[float, float]:
+    """(sessions/s, CPU ms per session) of multiprocessing.Pool(workers) running
+    summarize + compress_stream over sessions held in memory.
+
+    The sessions are in memory before the fork and tasks carry only an index (in
+    chunks), so nothing but the processing itself is measured: the machine's limit for
+    this work. sessions: decompressed payloads, or with stored=True the bodies as
+    stored (then each task decompresses them first, as a worker must).
     """
     global _POOL_SESSIONS
     _POOL_SESSIONS = sessions
+    func = _process_stored_in_memory if stored else _process_in_memory
     ctx = multiprocessing.get_context("fork")
     cpu_before = _children_cpu_s()
     with ctx.Pool(workers) as pool:
-        pool.map(_process_in_memory, range(workers * 4), chunksize=1)  # warm up the forks
+        pool.map(func, range(workers * 4), chunksize=1)  # warm up the forks
         started = time.perf_counter()
-        for _ in pool.imap_unordered(_process_in_memory, range(n), chunksize=8):
+        for _ in pool.imap_unordered(func, range(n), chunksize=8):
             pass
         elapsed = time.perf_counter() - started
     _POOL_SESSIONS = []
@@ -390,28 +414,55 @@ def _role(title: str) -> str:
     return "workers"
 
 
+def _client_ports(procs: list[psutil.Process]) -> set[int]:
+    ports = set()
+    for proc in procs:
+        try:
+            ports.update(c.laddr.port for c in proc.net_connections(kind="tcp") if c.laddr)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return ports
+
+
 class CpuMeter:
-    """CPU seconds by role of a runpool tree and of the database backends serving this
-    database (sampled repeatedly, so processes that exit mid-run still count)."""
+    """CPU seconds by role of a runpool (or gunicorn) tree and of the database backends
+    serving this database, over one or several measured intervals (resume … pause).
+    Sampled repeatedly, so processes that exit mid-interval still count up to their last
+    sample."""
 
     def __init__(self, root_pid: int) -> None:
         self.root_pid = root_pid
         self.start: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.roles: dict[int, str] = {}
+        self.done: dict[str, float] = {}  # CPU of the intervals already paused, by role
+        self.ours: dict[int, bool] = {}  # database backend pid -> serves our tree
+        self.running = False
 
     def _procs(self) -> list[psutil.Process]:
         try:
             root = psutil.Process(self.root_pid)
-            procs = [root, *root.children(recursive=True)]
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            procs = []
+            tree = []
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pid FROM pg_stat_activity "
+                "SELECT pid, backend_type, client_port FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            for (pid,) in cursor.fetchall():
+            backends = cursor.fetchall()
+        if any(pid not in self.ours for pid, _, _ in backends):
+            ports = _client_ports(tree)
+            for pid, backend_type, port in backends:
+                if pid not in self.ours:
+                    # Our tree's connections, and background work on this database
+                    # (autovacuum); not other programs' connections to it.
+                    self.ours[pid] = backend_type != "client backend" or port in ports
+                    if backend_type != "client backend":
+                        self.roles[pid] = f"postgres {backend_type}"
+        procs = list(tree)
+        for pid, _, _ in backends:
+            if self.ours[pid]:
                 try:
                     procs.append(psutil.Process(pid))
                 except psutil.NoSuchProcess:
@@ -430,15 +481,26 @@ class CpuMeter:
                 pass
 
     def begin(self) -> None:
-        self.start, self.last, self.roles = {}, {}, {}
+        self.done = {}
+        self.resume()
+
+    def resume(self) -> None:
+        self.start, self.last = {}, {}
         self.sample()
         self.start = dict(self.last)  # processes born later start from 0
+        self.running = True
+
+    def pause(self) -> None:
+        self.sample()
+        self.done = self.by_role()
+        self.running = False
 
     def by_role(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for pid, cpu in self.last.items():
-            role = self.roles[pid]
-            totals[role] = totals.get(role, 0.0) + cpu - self.start.get(pid, 0.0)
+        totals = dict(self.done)
+        if self.running:
+            for pid, cpu in self.last.items():
+                role = self.roles[pid]
+                totals[role] = totals.get(role, 0.0) + cpu - self.start.get(pid, 0.0)
         return totals
 
     def describe(self, n: int) -> str:

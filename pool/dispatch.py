@@ -19,65 +19,70 @@ per-task work (dequeue, acknowledge, IPC) is paid once per batch instead of per 
 from __future__ import annotations
 
 import heapq
+import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Subquery, Sum, Window
-from django.db.models.functions import Coalesce, RowNumber
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
 from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from onboarding.models import Customer
-from pool.models import ClusterHeartbeat, Session, State, WorkerCluster
+from pool.models import ClusterHeartbeat, PoolHost, Session, State, WorkerCluster
 
 TASK_FUNC = "pool.tasks.process_sessions"
 MAX_DEPTH_PER_WORKER = 32
 # A batch is processed one session after the other by one worker; 8 keeps a batch to
 # tens of milliseconds of work for realistic sessions (fairness, resize drains).
 MAX_SESSIONS_PER_TASK = 8
+DEEPEN_WITHIN_S = 1.0
+SHRINK_AFTER_S = 4.0
 
 
-def clusters_with_load(*, now: datetime) -> list[WorkerCluster]:
-    """Unpaused clusters with `live` workers (fresh heartbeats), `queued` sessions and
-    whether any of their customers has a ready session: one query per dispatcher tick,
-    which runs up to 100 times a second. Every part walks a partial index or the
-    heartbeats, so its cost grows with clusters and customers, never with sessions."""
+@dataclass
+class ClusterLoad:
+    id: int
+    name: str
+    live: int  # workers on hosts with a fresh heartbeat
+    queued: int  # sessions sent to its broker queue and not yet claimed
+    has_ready: bool  # whether any of its customers has a ready session
+
+
+def clusters_with_load(*, now: datetime) -> list[ClusterLoad]:
+    """Every unpaused cluster with its load, in one query: the dispatcher runs this up to
+    100 times a second, so it is plain SQL (the same query through the ORM cost ~2 ms of
+    CPU per tick to build). Each part walks a partial index or the heartbeats: the cost
+    grows with clusters and customers, never with sessions. The LIMIT 1 keeps
+    PostgreSQL from joining every ready session of every cluster: it probes each
+    customer's partial index instead."""
     fresh = now - timedelta(seconds=settings.POOL_STALE_AFTER_S)
-    live = (
-        ClusterHeartbeat.objects.filter(
-            cluster=OuterRef("pk"), seen_at__gte=fresh, host__stopped=False
-        )
-        .values("cluster")
-        .annotate(n=Sum("live_workers"))
-        .values("n")
-    )
-    queued = (
-        Session.objects.filter(state=State.QUEUED, dispatched_cluster=OuterRef("pk"))
-        .values("dispatched_cluster")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    # LIMIT 1 keeps PostgreSQL from turning this into a join over every ready session of
-    # every cluster: it probes each of the cluster's customers' partial index instead.
-    first_ready = Session.objects.filter(customer=OuterRef("pk"), state=State.READY).values("id")[
-        :1
-    ]
-    has_ready = (
-        Customer.objects.filter(cluster=OuterRef("pk"))
-        .annotate(first_ready=Subquery(first_ready))
-        .filter(first_ready__isnull=False)
-    )
-    return list(
-        WorkerCluster.objects.filter(paused=False).annotate(
-            live=Coalesce(Subquery(live), 0),
-            queued=Coalesce(Subquery(queued), 0),
-            has_ready=Exists(has_ready),
-        )
-    )
+    sql = f"""
+        SELECT c.id, c.name,
+            (SELECT SUM(h.live_workers) FROM {ClusterHeartbeat._meta.db_table} h
+             JOIN {PoolHost._meta.db_table} p ON p.id = h.host_id
+             WHERE h.cluster_id = c.id AND h.seen_at >= %s AND NOT p.stopped),
+            (SELECT COUNT(*) FROM {Session._meta.db_table} q
+             WHERE q.state = %s AND q.dispatched_cluster_id = c.id),
+            EXISTS (
+                SELECT 1 FROM {Customer._meta.db_table} cu WHERE cu.cluster_id = c.id AND (
+                    SELECT r.id FROM {Session._meta.db_table} r
+                    WHERE r.customer_id = cu.id AND r.state = %s LIMIT 1
+                ) IS NOT NULL
+            )
+        FROM {WorkerCluster._meta.db_table} c WHERE NOT c.paused ORDER BY c.name
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [fresh, State.QUEUED, State.READY])
+        return [
+            ClusterLoad(id=cid, name=name, live=live or 0, queued=queued, has_ready=bool(ready))
+            for cid, name, live, queued, ready in cursor.fetchall()
+        ]
 
 
 def oldest_ready(*, cluster_id: int, per_customer: int) -> dict[int, list[int]]:
@@ -126,7 +131,9 @@ class FairDispatcher:
         self.vtime = 0.0
         self.dispatched: dict[int, int] = defaultdict(int)  # per customer, for tests and logs
         self.depths: dict[int, int] = {}  # cluster id -> current target queue depth
-        self.last_sent: dict[int, int] = {}  # cluster id -> sessions sent at the last tick
+        # cluster id -> whether its last refill found all the ready sessions it asked for
+        self.backlogged: dict[int, bool] = {}
+        self.refilled_at: dict[int, float] = {}  # cluster id -> time.monotonic() of it
 
     def pick(
         self, *, candidates: dict[int, list[int]], weights: dict[int, int], n: int
@@ -160,15 +167,14 @@ class FairDispatcher:
                 continue  # nobody would pull it; sessions stay ready (and visibly lagging)
             waiting = cluster.queued
             if not cluster.has_ready:
-                # If the queue runs dry now, it is for want of work, not of depth.
-                self.last_sent[cluster.id] = 0
+                self.backlogged[cluster.id] = False
                 continue
             need = self.refill(cluster_id=cluster.id, workers=workers, queued=waiting)
             if need <= 0:
                 continue
             per_task = max(1, min(MAX_SESSIONS_PER_TASK, need // (2 * workers)))
             sent_here = self.dispatch_cluster(cluster=cluster, n=need, now=now, per_task=per_task)
-            self.last_sent[cluster.id] = sent_here
+            self.backlogged[cluster.id] = sent_here >= need
             sent += sent_here
         return sent
 
@@ -177,25 +183,31 @@ class FairDispatcher:
         else enough to fill it. Refilling at half (not after every session) makes each
         dispatch move many sessions at once, which is what keeps its cost per session low.
 
-        The depth starts at 2x live workers and adapts at each refill: if the queue ran
-        dry since the last one, workers may have idled, so it doubles (up to 32x
-        workers); if a quarter of it still waits, it was deeper than needed and shrinks
-        by 10 %. Deeper queues cost fairness only the few hundred milliseconds they hold.
+        The depth starts at 2x live workers and adapts at each refill. While a backlog
+        lasts (the last refill found all it asked for) and half the queue went within
+        DEEPEN_WITHIN_S, it holds little work: it doubles, up to 32x workers, so sessions
+        go to the broker in batches of up to MAX_SESSIONS_PER_TASK. Without a backlog, or
+        when half the queue took longer than SHRINK_AFTER_S (slow sessions), it halves:
+        queued sessions must be claimed within SESSION_QUEUED_TIMEOUT_S, and a deep queue
+        delays the next customer's sessions by the work it holds.
         """
         floor, cap = 2 * workers, MAX_DEPTH_PER_WORKER * workers
         depth = min(max(self.depths.get(cluster_id, floor), floor), cap)
         if queued > depth // 2:
             self.depths[cluster_id] = depth
             return 0
-        if queued == 0 and self.last_sent.get(cluster_id):
+        now = time.monotonic()
+        since_last = now - self.refilled_at.get(cluster_id, float("-inf"))
+        if self.backlogged.get(cluster_id) and since_last < DEEPEN_WITHIN_S:
             depth = min(depth * 2, cap)
-        elif queued >= depth // 4 and queued > 0:
-            depth = max(floor, int(depth * 0.9))
+        elif not self.backlogged.get(cluster_id) or since_last > SHRINK_AFTER_S:
+            depth = max(floor, depth // 2)
         self.depths[cluster_id] = depth
+        self.refilled_at[cluster_id] = now
         return depth - queued
 
     def dispatch_cluster(
-        self, *, cluster: WorkerCluster, n: int, now: datetime, per_task: int = 1
+        self, *, cluster: WorkerCluster | ClusterLoad, n: int, now: datetime, per_task: int = 1
     ) -> int:
         candidates = oldest_ready(cluster_id=cluster.id, per_customer=n)
         if not candidates:
@@ -206,7 +218,11 @@ class FairDispatcher:
 
 
 def sessions_enqueue(
-    *, cluster: WorkerCluster, session_ids: list[int], now: datetime, per_task: int = 1
+    *,
+    cluster: WorkerCluster | ClusterLoad,
+    session_ids: list[int],
+    now: datetime,
+    per_task: int = 1,
 ) -> int:
     """ready → queued and the broker messages, in one transaction (the ORM broker shares
     the database), so a session is never queued without a task nor a task sent for a
@@ -222,7 +238,7 @@ def sessions_enqueue(
             return 0
         ids = [sid for sid in session_ids if sid in locked]
         Session.objects.filter(pk__in=ids).update(
-            state=State.QUEUED, queued_at=now, dispatched_cluster=cluster
+            state=State.QUEUED, queued_at=now, dispatched_cluster_id=cluster.id
         )
         OrmQ.objects.using(Conf.ORM or "default").bulk_create(
             [

@@ -11,11 +11,12 @@ import logging
 import time
 import traceback
 import uuid
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import F, Subquery
+from django.db.models import F
 from django.utils import timezone
 
 from onboarding.models import Customer
@@ -113,19 +114,61 @@ def sessions_reap(*, now: datetime) -> dict[str, int]:
 # --- Processing (runs in a django-q2 worker) --------------------------------------
 
 
+def _claim_values(*, token: str, host: str) -> dict:
+    now = timezone.now()
+    return {
+        "state": State.PROCESSING,
+        "claim_token": token,
+        "claimed_at": now,
+        "lease_until": now + timedelta(seconds=settings.SESSION_LEASE_S),
+        "worker_host": host,
+    }
+
+
 def session_claim(*, session_id: int, host: str) -> str | None:
     """queued → processing for this worker; None if another run got there first."""
     token = uuid.uuid4().hex
-    now = timezone.now()
     claimed = Session.objects.filter(pk=session_id, state=State.QUEUED).update(
-        state=State.PROCESSING,
-        claim_token=token,
-        claimed_at=now,
-        lease_until=now + timedelta(seconds=settings.SESSION_LEASE_S),
-        worker_host=host,
-        attempts=F("attempts") + 1,
+        **_claim_values(token=token, host=host), attempts=F("attempts") + 1
     )
     return token if claimed else None
+
+
+def session_claim_and_load(
+    *, session_id: int, host: str
+) -> tuple[str, list[tuple[int, bytes]]] | None:
+    """session_claim, then the session's payloads (payload_id, body) in payload_id order;
+    None if another run got there first. On PostgreSQL both are one statement."""
+    if connection.vendor != "postgresql":
+        token = session_claim(session_id=session_id, host=host)
+        if token is None:
+            return None
+        rows = Payload.objects.filter(session_id=session_id).order_by("payload_id")
+        return token, list(rows.values_list("payload_id", "body"))
+    token = uuid.uuid4().hex
+    assignments, params = _sql_assignments(Session, _claim_values(token=token, host=host))
+    sql = f"""
+        WITH claimed AS (
+            UPDATE {Session._meta.db_table} SET {assignments}, attempts = attempts + 1
+            WHERE id = %s AND state = %s RETURNING id
+        )
+        SELECT p.payload_id, p.body FROM claimed
+        LEFT JOIN {Payload._meta.db_table} p ON p.session_id = claimed.id
+        ORDER BY p.payload_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, session_id, State.QUEUED])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    return token, [(pid, body) for pid, body in rows if pid is not None]
+
+
+def _sql_assignments(model, values: dict) -> tuple[str, list]:
+    """`col = %s, …` and its parameters, prepared by the model's fields as the ORM would."""
+    fields = [model._meta.get_field(name) for name in values]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
+    return assignments, [f.get_db_prep_save(values[f.name], connection) for f in fields]
 
 
 def worker_commits_skip_flush_wait() -> None:
@@ -158,17 +201,13 @@ def session_process(*, session_id: int, host: str) -> str:
     have taken the session away meanwhile); on error, back to ready or failed.
     """
     worker_commits_skip_flush_wait()
-    token = session_claim(session_id=session_id, host=host)
-    if token is None:
+    claimed = session_claim_and_load(session_id=session_id, host=host)
+    if claimed is None:
         return "skipped"
+    token, rows = claimed
     started = time.perf_counter()
     try:
-        bodies = [
-            {"payload_id": pid, **decompress_body(bytes(body))}
-            for pid, body in Payload.objects.filter(session_id=session_id)
-            .order_by("payload_id")
-            .values_list("payload_id", "body")
-        ]
+        bodies = [{"payload_id": pid, **decompress_body(bytes(body))} for pid, body in rows]
         summary, events = processing.summarize(bodies)
         stream = processing.compress_stream(events)
     except Exception as exc:  # any bug or poison input must end in ready/failed, not a crash
@@ -196,43 +235,68 @@ def session_complete(
     stream: bytes,
     elapsed_ms: float,
 ) -> str:
+    """processing → processed with the results, the stream and the customer's counter,
+    all or nothing, and only if the claim is still ours."""
+    values = {
+        "state": State.PROCESSED,
+        "processed_at": timezone.now(),
+        "processing_ms": elapsed_ms,
+        "claim_token": "",
+        "last_error": "",
+        "length_ms": summary.length_ms,
+        "active_ms": summary.active_ms,
+        "click_count": summary.click_count,
+        "rage_click_count": len(summary.rage_clicks),
+        "error_count": summary.error_count,
+        "event_total": summary.event_total,
+        "landing_page": _text(summary.landing_page),
+        "exit_page": _text(summary.exit_page),
+        "out_of_order": summary.out_of_order,
+        "excluded_reason": summary.excluded_reason,
+        "summary": _json_safe(summary.as_dict()),
+        "stream_bytes": len(stream),
+    }
+    if connection.vendor == "postgresql":
+        done = _session_complete_postgresql(
+            session_id=session_id, token=token, values=values, stream=stream
+        )
+        return "processed" if done else "superseded"
     with transaction.atomic():
-        updated = Session.objects.filter(
-            pk=session_id, state=State.PROCESSING, claim_token=token
-        ).update(
-            state=State.PROCESSED,
-            processed_at=timezone.now(),
-            processing_ms=elapsed_ms,
-            claim_token="",
-            last_error="",
-            length_ms=summary.length_ms,
-            active_ms=summary.active_ms,
-            click_count=summary.click_count,
-            rage_click_count=len(summary.rage_clicks),
-            error_count=summary.error_count,
-            event_total=summary.event_total,
-            landing_page=_text(summary.landing_page),
-            exit_page=_text(summary.exit_page),
-            out_of_order=summary.out_of_order,
-            excluded_reason=summary.excluded_reason,
-            summary=_json_safe(summary.as_dict()),
-            stream_bytes=len(stream),
-        )
-        if not updated:
+        mine = Session.objects.filter(pk=session_id, state=State.PROCESSING, claim_token=token)
+        if not mine.update(**values):
             return "superseded"
-        # One statement each (the worker's hot path): an upsert rather than
-        # update_or_create's savepoint + SELECT FOR UPDATE + INSERT, and the counter
-        # found through a subquery rather than a separate SELECT of customer_id.
-        SessionStream.objects.bulk_create(
-            [SessionStream(session_id=session_id, data=stream)],
-            update_conflicts=True,
-            unique_fields=["session"],
-            update_fields=["data"],
-        )
-        Customer.objects.filter(
-            pk=Subquery(Session.objects.filter(pk=session_id).values("customer_id")[:1])
-        ).update(processed_total=F("processed_total") + 1)
+        SessionStream.objects.update_or_create(session_id=session_id, defaults={"data": stream})
+        customer_id = Session.objects.values_list("customer_id", flat=True).get(pk=session_id)
+        Customer.objects.filter(pk=customer_id).update(processed_total=F("processed_total") + 1)
     return "processed"
+
+
+def _session_complete_postgresql(
+    *, session_id: int, token: str, values: dict, stream: bytes
+) -> bool:
+    """The three writes of session_complete as one statement (data-modifying CTEs):
+    atomic by itself, and one round trip instead of five (BEGIN, 3 writes, COMMIT),
+    which measured ~2.5 ms of worker CPU per session here."""
+    assignments, params = _sql_assignments(Session, values)
+    sql = f"""
+        WITH done AS (
+            UPDATE {Session._meta.db_table} SET {assignments}
+            WHERE id = %s AND state = %s AND claim_token = %s RETURNING id, customer_id
+        ), stream AS (
+            INSERT INTO {SessionStream._meta.db_table} (session_id, data) SELECT id, %s FROM done
+            ON CONFLICT (session_id) DO UPDATE SET data = EXCLUDED.data
+        ), counter AS (
+            UPDATE {Customer._meta.db_table} SET processed_total = processed_total + 1
+            WHERE id IN (SELECT customer_id FROM done)
+        )
+        SELECT count(*) FROM done
+    """
+    # On its own the statement is atomic. Inside a caller's transaction, a savepoint
+    # keeps a refused value (DataError) from aborting it, as the ORM path's block does.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, session_id, State.PROCESSING, token, stream])
+            return cursor.fetchone()[0] == 1
 
 
 def session_fail(*, session_id: int, token: str, error: str) -> str:

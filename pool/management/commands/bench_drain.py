@@ -1,21 +1,21 @@
 """`python manage.py bench_drain`: does runpool drain at the machine's limit?
 
-In one run, on the same realistic sessions (a real rrweb recording, stored as the ingest
-API stores it):
+In one run, on the same realistic sessions (a real rrweb recording, its payloads stored
+as the ingest API stores them), in alternating rounds so that a change in the machine's
+load weighs on both sides alike:
   - the machine's limit: multiprocessing.Pool(n) running pool.processing.summarize +
-    compress_stream over the decompressed payloads held in memory (n = 1 and 2);
-  - runpool with 1 worker, then the same cluster resized to 2: sessions/s from the
-    moment they are ready to the last one processed (sessions wait in a paused cluster,
-    the measurement starts when it is unpaused).
-The limit is measured before and after the runpool phases and averaged, so a change in
-the machine's load during the run weighs on both sides alike.
-Prints drain efficiency (runpool 2 workers ÷ Pool(2), target ≥ 0.8) and scaling
-(runpool 2 workers ÷ 1 worker, target ≥ 1.7).
+    compress_stream over the decompressed payloads held in memory;
+  - runpool with n workers: sessions/s from the moment they are ready to the last one
+    processed (sessions wait in a paused cluster, the clock starts when it is unpaused),
+    with the CPU every process involved used per session (runpool's tree and the
+    database backends serving it);
+first with n = 1, then with the cluster resized to n = 2. For context it also measures
+Pool(2) decompressing the stored payloads first, as a worker must.
+Prints scaling (runpool 2 workers ÷ 1 worker, target ≥ 1.7) and, last, drain efficiency
+(runpool 2 workers ÷ Pool(2), target ≥ 0.8).
 """
 
 from __future__ import annotations
-
-import time
 
 from django.core.management.base import BaseCommand
 
@@ -27,103 +27,101 @@ class Command(BaseCommand):
     help = "Drain efficiency (runpool ÷ multiprocessing.Pool) and 1 → 2 worker scaling."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--sessions", type=int, default=3000, help="per measured drain")
+        parser.add_argument("--sessions", type=int, default=1000, help="per round and side")
+        parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--recording", default="demoit-react-hooks")
         parser.add_argument(
             "--merged", action="store_true", help="one payload per session, not as recorded"
         )
         parser.add_argument("--workers", type=int, default=2)
-        parser.add_argument(
-            "--no-scaling", action="store_true", help="skip the 1-worker drain and its limit"
-        )
-        parser.add_argument("--timeout", type=float, default=600)
+        parser.add_argument("--no-scaling", action="store_true", help="skip the 1-worker rounds")
+        parser.add_argument("--timeout", type=float, default=900)
 
     def handle(self, *args, **opts) -> None:
         b.require_postgresql()
-        n, workers = opts["sessions"], opts["workers"]
-        counts = [workers] if opts["no_scaling"] else [1, workers]
-        bodies = b.recording_bodies(opts["recording"], merged=opts["merged"])
-        sessions = [b.decoded_payloads(bodies)]
+        workers = opts["workers"]
+        counts = [workers] if opts["no_scaling"] or workers == 1 else [1, workers]
+        self.bodies = b.recording_bodies(opts["recording"], merged=opts["merged"])
+        self.sessions = [b.decoded_payloads(self.bodies)]
         self.say(
-            f"bench_drain: {n} sessions per drain, recording {opts['recording']} "
-            f"({len(bodies)} payloads, {sum(map(len, bodies)) / 1024:.0f} KiB stored); "
-            f"{b.load_average()}"
+            f"bench_drain: {opts['rounds']} rounds of {opts['sessions']} sessions per side, "
+            f"recording {opts['recording']} ({len(self.bodies)} payloads, "
+            f"{sum(map(len, self.bodies)) / 1024:.0f} KiB stored); {b.load_average()}"
         )
-        limit: dict[int, list[float]] = {w: [] for w in counts}
-        self.measure_limit(limit, sessions, n)
         cluster, customer = b.bench_setup(name="drain", workers=counts[0])
         pool = b.start_runpool(host=f"{b.BENCH_PREFIX}drain")
+        limit: dict[int, float] = {}
         drained: dict[int, float] = {}
         try:
             for w in counts:
-                drained[w] = self.drain(cluster, customer, pool, n=n, workers=w, opts=opts)
+                limit[w], drained[w] = self.rounds(cluster, customer, pool, workers=w, opts=opts)
         finally:
             pool.stop()
             b.bench_cleanup(name="drain")
-        self.measure_limit(limit, sessions, n)
-        self.report(limit, drained, counts, workers)
-
-    def drain(self, cluster, customer, pool, *, n: int, workers: int, opts) -> float:
-        WorkerCluster.objects.filter(pk=cluster.pk).update(desired_workers=workers)
-        b.wait_live_workers(cluster, workers, pool=pool)
-        customer.refresh_from_db()
-        before = customer.processed_total
-        b.sessions_delete(customer_id=customer.pk)
-        b.sessions_insert_ready(
-            customer=customer, n=n, bodies=self.bodies(opts), prefix=f"w{workers}"
+        stored, cpu_ms = b.pool_rate(
+            sessions=[self.bodies], n=opts["sessions"], workers=workers, stored=True
         )
-        meter = b.CpuMeter(pool.pid)
-        meter.begin()
-        started = time.monotonic()
-        since = b.unpause(cluster)
-        b.wait_drained(
-            customer, timeout=opts["timeout"], pool=pool, on_poll=lambda left: meter.sample()
-        )
-        meter.sample()
-        b.pause(cluster)
-        done, span = b.processed_span(customer, since=since)
-        customer.refresh_from_db()
-        if customer.processed_total - before != n or done != n:
-            self.say(
-                f"  WARNING: {done} processed, processed_total +{customer.processed_total - before}"
-            )
-        rate = n / span
         self.say(
-            f"  runpool {workers} worker(s): {n} sessions in {span:.2f} s = {rate:.1f}/s "
-            f"(wall {time.monotonic() - started:.1f} s); {b.load_average()}"
+            f"  for context: Pool({workers}) decompressing the stored payloads too: "
+            f"{stored:.1f}/s ({cpu_ms:.2f} ms CPU per session); runpool ÷ it = "
+            f"{drained[workers] / stored:.2f}"
         )
-        self.say(f"    {meter.describe(n)}")
-        return rate
-
-    def measure_limit(self, limit: dict[int, list[float]], sessions, n: int) -> None:
-        for w in limit:
-            rate, cpu_ms = b.pool_rate(sessions=sessions, n=n, workers=w)
-            limit[w].append(rate)
+        if len(counts) > 1:
             self.say(
-                f"  multiprocessing.Pool({w}): {rate:.1f} sessions/s, "
-                f"CPU ms per session {cpu_ms:.2f}; {b.load_average()}"
-            )
-
-    def bodies(self, opts) -> list[bytes]:
-        if not hasattr(self, "_bodies"):
-            self._bodies = b.recording_bodies(opts["recording"], merged=opts["merged"])
-        return self._bodies
-
-    def report(self, limit, drained, counts, workers) -> None:
-        mean = {w: sum(limit[w]) / len(limit[w]) for w in counts}
-        if 1 in drained and workers != 1:
-            self.say(
-                f"  Pool({workers}) ÷ Pool(1) on this machine now: {mean[workers] / mean[1]:.2f}"
+                f"  Pool({workers}) ÷ Pool(1) on this machine now: {limit[workers] / limit[1]:.2f}"
             )
             self.say(
                 f"scaling: {drained[workers] / drained[1]:.2f} "
                 f"(runpool {workers} workers ÷ 1 worker, target >= 1.7)"
             )
         self.say(
-            f"drain efficiency: {drained[workers] / mean[workers]:.2f} "
+            f"drain efficiency: {drained[workers] / limit[workers]:.2f} "
             f"(runpool {drained[workers]:.1f}/s ÷ multiprocessing.Pool({workers}) "
-            f"{mean[workers]:.1f}/s, target >= 0.8)"
+            f"{limit[workers]:.1f}/s, target >= 0.8)"
         )
+
+    def rounds(self, cluster, customer, pool, *, workers: int, opts) -> tuple[float, float]:
+        """(Pool sessions/s, runpool sessions/s) over alternating rounds, totals ÷ totals."""
+        n = opts["sessions"]
+        WorkerCluster.objects.filter(pk=cluster.pk).update(desired_workers=workers)
+        b.wait_live_workers(cluster, workers, pool=pool)
+        pool_s = runpool_s = 0.0
+        meter = b.CpuMeter(pool.pid)
+        for i in range(opts["rounds"]):
+            rate, pool_cpu_ms = b.pool_rate(sessions=self.sessions, n=n, workers=workers)
+            pool_s += n / rate
+            runpool_s += self.drain(
+                cluster, customer, pool, meter, n=n, tag=f"w{workers}r{i}", opts=opts
+            )
+            self.say(
+                f"  round {i + 1}: Pool({workers}) {rate:.1f}/s, runpool {workers} worker(s) "
+                f"{n * (i + 1) / runpool_s:.1f}/s so far; {b.load_average()}"
+            )
+        total = n * opts["rounds"]
+        self.say(
+            f"  {workers} worker(s): Pool {total / pool_s:.1f}/s ({pool_cpu_ms:.2f} ms CPU per "
+            f"session), runpool {total / runpool_s:.1f}/s"
+        )
+        self.say(f"    runpool {meter.describe(total)}")
+        return total / pool_s, total / runpool_s
+
+    def drain(self, cluster, customer, pool, meter, *, n: int, tag: str, opts) -> float:
+        """Seconds for runpool to process n ready sessions, checked exactly once."""
+        customer.refresh_from_db()
+        before = customer.processed_total
+        b.sessions_delete(customer_id=customer.pk)
+        b.sessions_insert_ready(customer=customer, n=n, bodies=self.bodies, prefix=tag)
+        b.vacuum()
+        meter.resume()
+        since = b.unpause(cluster)
+        b.wait_drained(
+            customer, timeout=opts["timeout"], pool=pool, on_poll=lambda left: meter.sample()
+        )
+        meter.pause()
+        b.pause(cluster)
+        _, span = b.processed_span(customer, since=since)
+        b.check_exactly_once(customer, n=n, total_before=before)
+        return span
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
