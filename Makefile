@@ -39,7 +39,7 @@ test: $(VENV)/.test browsers
 
 # Benchmarks print their figures; run them against a scratch PostgreSQL database:
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/onramp_bench make bench
-BENCHES ?= bench_drain bench_fairness bench_resize bench_dashboard
+BENCHES ?= bench_drain bench_ingest bench_catchup bench_memory bench_fairness bench_resize bench_dashboard
 bench: $(VENV)/.test
 	@test -n "$$DATABASE_URL" || (echo "set DATABASE_URL to a scratch PostgreSQL database" && exit 2)
 	@export SECRET_KEY=$${SECRET_KEY:-$$($(PY) -c "import secrets; print(secrets.token_urlsafe(50))")} HTTPS=0; \

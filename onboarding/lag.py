@@ -105,8 +105,8 @@ def lag_rows(*, now: datetime | None = None, customers=None) -> list[LagRow]:
         .values("customer_id")
         .annotate(n=Count("id"), oldest=Min("ready_at"))
     }
-    processed = _count_by_customer(Session.objects.filter(processed_at__gte=since))
-    arrivals = _count_by_customer(Session.objects.filter(ready_at__gte=since))
+    processed = _count_by_customer(Session.objects.filter(processed_at__gte=since), "processed_at")
+    arrivals = _count_by_customer(Session.objects.filter(ready_at__gte=since), "ready_at")
     minutes = RATE_WINDOW.total_seconds() / 60
     rows = []
     for customer in customer_list:
@@ -114,8 +114,13 @@ def lag_rows(*, now: datetime | None = None, customers=None) -> list[LagRow]:
         n = entry["n"] if entry else 0
         oldest = entry["oldest"] if entry else None
         lag_s = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
-        p_rate = processed.get(customer.id, 0) / minutes
-        a_rate = arrivals.get(customer.id, 0) / minutes
+        done, first_done = processed.get(customer.id, (0, None))
+        came, first_came = arrivals.get(customer.id, (0, None))
+        p_rate, a_rate = done / minutes, came / minutes
+        # The ETA divides by the part of the window that had events: at the start of a
+        # catch-up the 5-minute window is mostly empty and a 5-minute average would make
+        # the ETA several times too long. The columns keep the 5-minute averages.
+        active = _active_minutes(now=now, firsts=(first_done, first_came))
         rows.append(
             LagRow(
                 customer=customer,
@@ -123,7 +128,9 @@ def lag_rows(*, now: datetime | None = None, customers=None) -> list[LagRow]:
                 lag_s=lag_s,
                 processed_per_min=p_rate,
                 arrivals_per_min=a_rate,
-                eta_s=eta_seconds(backlog=n, processed_per_min=p_rate, arrivals_per_min=a_rate),
+                eta_s=eta_seconds(
+                    backlog=n, processed_per_min=done / active, arrivals_per_min=came / active
+                ),
                 status=lag_status(
                     customer=customer,
                     backlog=n,
@@ -137,8 +144,21 @@ def lag_rows(*, now: datetime | None = None, customers=None) -> list[LagRow]:
     return rows
 
 
-def _count_by_customer(qs) -> dict[int, int]:
-    return dict(qs.values("customer_id").annotate(n=Count("id")).values_list("customer_id", "n"))
+def _count_by_customer(qs, field: str) -> dict[int, tuple[int, datetime]]:
+    """Per customer: how many in the window, and the earliest of them (same query)."""
+    rows = qs.values("customer_id").annotate(n=Count("id"), first=Min(field))
+    return {row["customer_id"]: (row["n"], row["first"]) for row in rows}
+
+
+MIN_RATE_WINDOW_S = 60  # below a minute of events, rates are too noisy for an ETA
+
+
+def _active_minutes(*, now: datetime, firsts: tuple) -> float:
+    present = [first for first in firsts if first is not None]
+    if not present:
+        return RATE_WINDOW.total_seconds() / 60
+    seconds = (now - min(present)).total_seconds()
+    return max(MIN_RATE_WINDOW_S, min(seconds, RATE_WINDOW.total_seconds())) / 60
 
 
 # --- History --------------------------------------------------------------------

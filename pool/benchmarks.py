@@ -511,3 +511,29 @@ class CpuMeter:
             for role, cpu in sorted(roles.items(), key=lambda r: -r[1])
         )
         return f"CPU ms per session: {total / n * 1000:.2f} total = {parts}"
+
+
+def processed_count(customer: Customer) -> int:
+    return Session.objects.filter(customer=customer, state=State.PROCESSED).count()
+
+
+def wait_customer_idle(customer: Customer, timeout: float = 60) -> None:
+    """Until none of the customer's sessions is queued or processing."""
+    deadline = time.monotonic() + timeout
+    busy = [State.QUEUED, State.PROCESSING]
+    while Session.objects.filter(customer=customer, state__in=busy).exists():
+        if time.monotonic() > deadline:
+            raise CommandError("the cluster did not go idle")
+        time.sleep(0.2)
+
+
+def wait_heartbeat_workers(cluster: WorkerCluster, n: int, timeout: float = 60) -> None:
+    """Until fresh heartbeats report at least n live workers for the cluster."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = timezone.now() - timedelta(seconds=10)
+        live = cluster.heartbeats.filter(seen_at__gte=fresh).values_list("live_workers", flat=True)
+        if sum(live) >= n:
+            return
+        time.sleep(0.3)
+    raise CommandError("runpool did not start its workers")

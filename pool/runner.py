@@ -252,6 +252,7 @@ class PoolHostRunner:
         self.host = host
         self.stopping = False
         self.runtimes: dict[int, ClusterRuntime] = {}
+        self.retired: list[ClusterRuntime] = []  # deleted clusters still draining
         self.dispatcher = FairDispatcher()
         self.last_housekeeping = 0.0
         self.last_heartbeat = 0.0
@@ -286,12 +287,15 @@ class PoolHostRunner:
         logger.info("runpool %s got signal %d, stopping gracefully", self.host, signum)
         self.stopping = True
 
+    def all_runtimes(self) -> list[ClusterRuntime]:
+        return [*self.runtimes.values(), *self.retired]
+
     def shutdown(self) -> None:
         for runtime in self.runtimes.values():
             runtime.stop()
         deadline = time.monotonic() + settings.Q_TASK_TIMEOUT_S + 10
-        while any(rt.draining for rt in self.runtimes.values()) and time.monotonic() < deadline:
-            for runtime in self.runtimes.values():
+        while any(rt.draining for rt in self.all_runtimes()) and time.monotonic() < deadline:
+            for runtime in self.all_runtimes():
                 runtime.reap_drained(kill_after_s=settings.Q_TASK_TIMEOUT_S + 5)
             time.sleep(0.1)
         try:
@@ -356,7 +360,15 @@ class PoolHostRunner:
         clusters = {c.id: c for c in WorkerCluster.objects.all()}
         for cluster_id in list(self.runtimes):
             if cluster_id not in clusters:
-                self.runtimes.pop(cluster_id).stop()
+                # Deleted: stop it, and keep reaping it until its processes are gone (it
+                # no longer heartbeats: its WorkerCluster row is gone).
+                runtime = self.runtimes.pop(cluster_id)
+                runtime.stop()
+                self.retired.append(runtime)
+        for runtime in list(self.retired):
+            runtime.reap_drained(kill_after_s=settings.Q_TASK_TIMEOUT_S + 5)
+            if not runtime.draining:
+                self.retired.remove(runtime)
         for cluster in clusters.values():
             runtime = self.runtimes.setdefault(
                 cluster.id, ClusterRuntime(cluster_id=cluster.id, name=cluster.name)

@@ -70,8 +70,20 @@ def test_eta_uses_the_net_rate(acme):
     make_sessions(acme, 10, state=State.READY, ready_ago_s=10)
     make_sessions(acme, 50, state=State.PROCESSED, ready_ago_s=400, processed_ago_s=30)
     row = lag_rows()[0]
-    # 10 processed/min, 2 arrivals/min (the 10 ready ones) → 8/min net → 75 s.
-    assert row.eta_s == pytest.approx(10 / 8 * 60)
+    # The columns are 5-minute averages: 10 processed/min, 2 arrivals/min.
+    assert row.processed_per_min == pytest.approx(10) and row.arrivals_per_min == pytest.approx(2)
+    # The ETA uses the part of the window with events (the last minute, at least):
+    # 50 processed/min, 10 arrivals/min → 40/min net → 10 sessions in 15 s.
+    assert row.eta_s == pytest.approx(10 / 40 * 60)
+
+
+def test_eta_early_in_a_catch_up_is_not_diluted_by_an_empty_window(acme):
+    # Processing started 2 minutes ago: 240 done (120/min), 500 still waiting.
+    make_sessions(acme, 500, state=State.READY, ready_ago_s=900)
+    make_sessions(acme, 240, state=State.PROCESSED, ready_ago_s=900, processed_ago_s=120)
+    row = lag_rows()[0]
+    assert row.processed_per_min == pytest.approx(48)  # 240 over the 5-minute window
+    assert row.eta_s == pytest.approx(500 / 120 * 60, rel=0.02)  # not 500 / 48
 
 
 def test_the_overview_needs_a_login(client):

@@ -111,7 +111,9 @@ def test_dispatch_keeps_the_queue_shallow_and_skips_paused_clusters(big_and_smal
     big, _ = big_and_small
     ready(big, 100, ago_s=60)
     host = PoolHost.objects.create(name="h1")
-    ClusterHeartbeat.objects.create(host=host, cluster=big.cluster, live_workers=3, applied_workers=3)
+    ClusterHeartbeat.objects.create(
+        host=host, cluster=big.cluster, live_workers=3, applied_workers=3
+    )
     dispatcher = FairDispatcher()
     assert dispatcher.dispatch(now=timezone.now()) == 6  # 2 x live workers
     assert dispatcher.dispatch(now=timezone.now()) == 0  # already full

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from onboarding.models import Customer
 from pool.autoscale import AUTOSCALE_BY, AUTOSCALE_TICK_S, autoscale_tick, autoscale_update
+from pool.benchmarks import processed_count, wait_customer_idle, wait_heartbeat_workers
 from pool.management.commands.bench_fairness import add_ready, realistic_body
 from pool.models import (
     BACKLOG_STATES,
@@ -42,7 +43,6 @@ from pool.models import (
     ClusterChange,
     ClusterSample,
     Session,
-    State,
     WorkerCluster,
 )
 
@@ -134,7 +134,7 @@ class Command(BaseCommand):
         pool = self.start_pool(no_cpu_cap=opts["no_cpu_cap"])
         ticker = None
         try:
-            self.wait_workers(cluster, 1)
+            wait_heartbeat_workers(cluster, 1)
             per_worker = self.calibrate(customer, body, opts["calibrate_seconds"])
             if not self.runpool_ticks(cluster):
                 self.stdout.write(
@@ -173,13 +173,13 @@ class Command(BaseCommand):
     def calibrate(self, customer: Customer, body: bytes, seconds: float) -> float:
         add_ready(customer, 3000, body, "calibrate")  # more than one worker can finish
         time.sleep(3)  # past the first dispatch and worker start-up
-        before = self.processed(customer)
+        before = processed_count(customer)
         time.sleep(seconds)
-        rate = (self.processed(customer) - before) / seconds
+        rate = (processed_count(customer) - before) / seconds
         # Pause so the dispatcher leaves what is left alone while it is deleted.
         WorkerCluster.objects.filter(pk=customer.cluster_id).update(paused=True)
         time.sleep(1)
-        self.wait_idle(customer)
+        wait_customer_idle(customer)
         Session.objects.filter(customer=customer).delete()
         WorkerCluster.objects.filter(pk=customer.cluster_id).update(paused=False)
         self.stdout.write(f"calibration: one worker handles {rate:.1f} sessions/s")
@@ -193,7 +193,7 @@ class Command(BaseCommand):
             f"({opts['factor']:.1f}x one worker), then silence"
         )
         run = Run()
-        done_before = self.processed(customer)
+        done_before = processed_count(customer)
         feeder = Feeder(customer, body, per_s)
         started = time.monotonic()
         feeder.start()
@@ -204,7 +204,7 @@ class Command(BaseCommand):
             if now >= load_end and feeder.is_alive():
                 feeder.stop.set()
                 feeder.join()
-                run.processed_in_load = self.processed(customer) - done_before
+                run.processed_in_load = processed_count(customer) - done_before
             try:
                 reading = self.read(customer, cluster, now - started)
             except DatabaseError:  # PostgreSQL restarting (a shared machine): read again
@@ -321,29 +321,6 @@ class Command(BaseCommand):
                 return True
             time.sleep(1)
         return False
-
-    def processed(self, customer: Customer) -> int:
-        return Session.objects.filter(customer=customer, state=State.PROCESSED).count()
-
-    def wait_idle(self, customer: Customer, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        busy = [State.QUEUED, State.PROCESSING]
-        while Session.objects.filter(customer=customer, state__in=busy).exists():
-            if time.monotonic() > deadline:
-                raise CommandError("the cluster did not go idle")
-            time.sleep(0.2)
-
-    def wait_workers(self, cluster: WorkerCluster, n: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            fresh = timezone.now() - timedelta(seconds=10)
-            live = sum(
-                cluster.heartbeats.filter(seen_at__gte=fresh).values_list("live_workers", flat=True)
-            )
-            if live >= n:
-                return
-            time.sleep(0.3)
-        raise CommandError("runpool did not start its workers")
 
     def start_pool(self, *, no_cpu_cap: bool) -> subprocess.Popen:
         env = dict(os.environ, **({"AUTOSCALE_CPU_CAP": "0"} if no_cpu_cap else {}))

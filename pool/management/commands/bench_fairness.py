@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -26,6 +25,7 @@ from django.db import connection
 from django.utils import timezone
 
 from onboarding.models import Customer
+from pool.benchmarks import processed_count, wait_customer_idle, wait_heartbeat_workers
 from pool.clusters import customer_move
 from pool.ingest import compress_body
 from pool.models import Payload, Session, State, WorkerCluster
@@ -120,7 +120,7 @@ class Command(BaseCommand):
         body = realistic_body()
         pool = self.start_pool()
         try:
-            self.wait_workers(cluster, opts["workers"])
+            wait_heartbeat_workers(cluster, opts["workers"])
             capacity = self.phase_capacity(big, body, opts)
             lag_alone = self.phase_small(smalls, body, opts, label="A alone")
             lag_mixed, big_rate, small_rate = self.phase_mixed(big, smalls, body, opts)
@@ -149,15 +149,15 @@ class Command(BaseCommand):
     # --- phases -------------------------------------------------------------------
     def phase_capacity(self, big: Customer, body: bytes, opts) -> float:
         add_ready(big, opts["backlog"], body, "big")
-        start_count = self.processed(big)
+        start_count = processed_count(big)
         time.sleep(opts["capacity_seconds"])
-        rate = (self.processed(big) - start_count) / opts["capacity_seconds"]
+        rate = (processed_count(big) - start_count) / opts["capacity_seconds"]
         # Top the backlog back up so the mixed phase starts with the full 20,000.
         waiting = Session.objects.filter(customer=big).exclude(state=State.PROCESSED).count()
         add_ready(big, opts["backlog"] - waiting, body, "big2")
         # Park the big customer on a paused cluster for the alone phase: its backlog waits.
         customer_move(customer=big, cluster=WorkerCluster.objects.get(name=PARKING))
-        self.wait_idle(big)
+        wait_customer_idle(big)
         self.stdout.write(f"phase 0 capacity: {rate:.1f} sessions/s")
         return rate
 
@@ -176,13 +176,13 @@ class Command(BaseCommand):
         customer_move(customer=big, cluster=WorkerCluster.objects.get(name=CLUSTER))
         Session.objects.filter(customer=big, state=State.READY).update(ready_at=timezone.now())
         since = timezone.now()
-        start_big = self.processed(big)
+        start_big = processed_count(big)
         traffic = SmallTraffic(smalls, body, 1.0)
         traffic.thread.start()
         started = time.monotonic()
         time.sleep(opts["phase_seconds"])
         elapsed = time.monotonic() - started
-        big_rate = (self.processed(big) - start_big) / elapsed
+        big_rate = (processed_count(big) - start_big) / elapsed
         traffic.stop.set()
         traffic.thread.join()
         small_rate = traffic.sent / elapsed
@@ -205,29 +205,6 @@ class Command(BaseCommand):
                 "ready_at", "processed_at"
             )
         ]
-
-    def processed(self, customer: Customer) -> int:
-        return Session.objects.filter(customer=customer, state=State.PROCESSED).count()
-
-    def wait_idle(self, customer: Customer, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        busy = [State.QUEUED, State.PROCESSING]
-        while Session.objects.filter(customer=customer, state__in=busy).exists():
-            if time.monotonic() > deadline:
-                raise CommandError("the cluster did not go idle")
-            time.sleep(0.2)
-
-    def wait_workers(self, cluster: WorkerCluster, n: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            fresh = timezone.now() - timedelta(seconds=10)
-            live = sum(
-                cluster.heartbeats.filter(seen_at__gte=fresh).values_list("live_workers", flat=True)
-            )
-            if live >= n:
-                return
-            time.sleep(0.3)
-        raise CommandError("runpool did not start its workers")
 
     def start_pool(self) -> subprocess.Popen:
         return subprocess.Popen(
