@@ -238,6 +238,8 @@ Q_TASK_TIMEOUT_S = env_int("Q_TASK_TIMEOUT_S", 90)
 Q_CLUSTER = {
     "name": "onramp",
     "orm": "default",
+    # The ORM broker, woken by NOTIFY on PostgreSQL instead of polling (pool/broker.py).
+    "broker_class": "pool.broker.NotifiedORM",
     "workers": 1,  # runpool sets the real count per cluster before it forks
     "timeout": Q_TASK_TIMEOUT_S,
     # retry > timeout + the wait in the local buffer (the dispatcher keeps the broker
@@ -246,10 +248,10 @@ Q_CLUSTER = {
     "retry": Q_TASK_TIMEOUT_S + 210,
     "max_attempts": 1,
     "bulk": 1,
-    # How long a pusher sleeps when its broker queue is empty. Each poll is two queries;
+    # How long a pusher waits when its broker queue is empty. Each look is two queries;
     # at 0.05 s an idle cluster cost ~40 ms CPU per second (pusher + database) on 2
-    # cores. The dispatcher keeps queues filled while there is a backlog, so a longer
-    # sleep only delays the first session after an idle spell, by 0.1 s on average.
+    # cores. On PostgreSQL the dispatcher's NOTIFY ends the wait at once; elsewhere it
+    # delays the first session after an idle spell, by 0.1 s on average.
     "poll": 0.2,
     "guard_cycle": 0.5,
     "recycle": 1000,

@@ -8,6 +8,7 @@ measures from the outside: timestamps in the database, psutil for CPU and memory
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -33,6 +34,8 @@ from onboarding.models import Customer
 from pool import processing
 from pool.ingest import compress_body, decompress_body
 from pool.models import BACKLOG_STATES, Payload, PoolHost, Session, State, WorkerCluster
+from pool.runner import freeze_heap_before_fork
+from pool.worker import session_compute
 
 RECORDINGS = Path(settings.BASE_DIR) / "tests" / "fixtures" / "rrweb"
 LOGS = Path(settings.VAR_DIR) / "bench-logs"
@@ -361,27 +364,29 @@ def _process_in_memory(index: int) -> int:
     return len(processing.compress_stream(events)) + summary.event_total
 
 
-def _process_stored_in_memory(index: int) -> int:
-    bodies = _POOL_SESSIONS[index % len(_POOL_SESSIONS)]
-    payloads = [decompress_body(body) for body in bodies]
-    summary, events = processing.summarize(payloads)
-    return len(processing.compress_stream(events)) + summary.event_total
+def _compute_stored_in_memory(index: int) -> int:
+    rows = _POOL_SESSIONS[index % len(_POOL_SESSIONS)]
+    summary, stream = session_compute(rows)
+    return len(stream) + summary.event_total
 
 
 def pool_rate(*, sessions: list, n: int, workers: int, stored: bool = False) -> tuple[float, float]:
-    """(sessions/s, CPU ms per session) of multiprocessing.Pool(workers) running
-    summarize + compress_stream over sessions held in memory.
+    """(sessions/s, CPU ms per session) of multiprocessing.Pool(workers) processing
+    sessions held in memory.
 
     The sessions are in memory before the fork and tasks carry only an index (in
     chunks), so nothing but the processing itself is measured: the machine's limit for
-    this work. sessions: decompressed payloads, or with stored=True the bodies as
-    stored (then each task decompresses them first, as a worker must).
+    this work. With stored=True, sessions are payload rows (payload_id, body) as
+    stored, and each goes through pool.worker.session_compute, the very function a
+    worker runs on what it reads from the database; otherwise they are payloads already
+    decompressed and parsed, and only summarize + compress_stream run.
     """
     global _POOL_SESSIONS
     _POOL_SESSIONS = sessions
-    func = _process_stored_in_memory if stored else _process_in_memory
+    func = _compute_stored_in_memory if stored else _process_in_memory
     ctx = multiprocessing.get_context("fork")
     cpu_before = _children_cpu_s()
+    freeze_heap_before_fork()  # as runpool does before it forks workers
     with ctx.Pool(workers) as pool:
         pool.map(func, range(workers * 4), chunksize=1)  # warm up the forks
         started = time.perf_counter()
@@ -389,6 +394,7 @@ def pool_rate(*, sessions: list, n: int, workers: int, stored: bool = False) -> 
             pass
         elapsed = time.perf_counter() - started
     _POOL_SESSIONS = []
+    gc.unfreeze()
     return n / elapsed, (_children_cpu_s() - cpu_before) / n * 1000
 
 

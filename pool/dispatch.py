@@ -13,7 +13,8 @@ Work-conserving: a slot is never left empty while any customer of the cluster ha
 Cost per session matters as much as fairness (docs/benchmarks.md): the queue is refilled
 only once it is down to half its depth, so one dispatch moves many sessions, and a broker
 task carries a small batch of session ids when the queue is deep, so django-q2's
-per-task work (dequeue, acknowledge, IPC) is paid once per batch instead of per session.
+per-task work (dequeue, acknowledge, IPC) and the worker's two statements are paid once
+per batch instead of per session. The refill's NOTIFY wakes the pushers (pool.broker).
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from onboarding.models import Customer
+from pool.broker import notify_tasks
 from pool.models import ClusterHeartbeat, PoolHost, Session, State, WorkerCluster
 
 TASK_FUNC = "pool.tasks.process_sessions"
 MAX_DEPTH_PER_WORKER = 32
-# A batch is processed one session after the other by one worker; 8 keeps a batch to
-# tens of milliseconds of work for realistic sessions (fairness, resize drains).
-MAX_SESSIONS_PER_TASK = 8
+# A task's sessions are claimed together, processed one after the other by one worker
+# and stored together (pool.worker): 16 keeps a task to ~50-100 ms of work for realistic
+# sessions (fairness, resize drains) while the per-task costs (broker, two statements)
+# are shared by enough sessions to vanish (docs/benchmarks.md).
+MAX_SESSIONS_PER_TASK = 16
 DEEPEN_WITHIN_S = 1.0
 SHRINK_AFTER_S = 4.0
 
@@ -172,7 +176,9 @@ class FairDispatcher:
             need = self.refill(cluster_id=cluster.id, workers=workers, queued=waiting)
             if need <= 0:
                 continue
-            per_task = max(1, min(MAX_SESSIONS_PER_TASK, need // (2 * workers)))
+            # About one task per worker per refill: the pushers are woken by NOTIFY, so
+            # the broker running dry between refills costs nothing.
+            per_task = max(1, min(MAX_SESSIONS_PER_TASK, need // workers))
             sent_here = self.dispatch_cluster(cluster=cluster, n=need, now=now, per_task=per_task)
             self.backlogged[cluster.id] = sent_here >= need
             sent += sent_here
@@ -246,6 +252,7 @@ def sessions_enqueue(
                 for i in range(0, len(ids), per_task)
             ]
         )
+        notify_tasks(cluster.name)
     return len(ids)
 
 

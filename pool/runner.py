@@ -18,6 +18,7 @@ read at fork time); pyproject.toml pins that version.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -82,6 +83,27 @@ def _die_with_parent() -> None:
     os.setpgid(0, 0)
 
 
+def freeze_heap_before_fork() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach (gc.freeze),
+    so the processes forked next do not traverse Django's ~75,000 objects each time
+    processing's allocations trigger a full collection. Measured here: a session's
+    processing went 4.6 → 3.8 ms of CPU in a process with Django loaded. Also keeps
+    those objects' pages shared with the parent (no copy-on-write from GC bookkeeping).
+    Garbage is collected first, so none is frozen."""
+    gc.collect()
+    gc.freeze()
+
+
+def without_connection_health_checks() -> None:
+    """Django's CONN_HEALTH_CHECKS costs a `SELECT 1` round trip each time django-q2
+    closes old connections: per task in the worker, the monitor and (twice) the pusher.
+    runpool's processes handle a lost connection themselves (the loop below reconnects,
+    pool.broker and django-q2's worker and monitor close a connection after an error),
+    so they skip it; the web keeps it. Call before any connection is opened."""
+    for alias in db.connections:
+        db.connections.settings[alias]["CONN_HEALTH_CHECKS"] = False
+
+
 def children_die_with_their_parent() -> None:
     """Linux only; call once, in runpool's process, before any cluster starts."""
     if sys.platform.startswith("linux") and not _forked_by:
@@ -113,6 +135,7 @@ class Generation:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         title = setproctitle.getproctitle() if setproctitle else None
         db.connections.close_all()  # never share a socket with the forked processes
+        freeze_heap_before_fork()
         self.started_at = timezone.now()  # before its pusher can take a task
         self.cluster = Cluster(get_broker(self.queue))
         for sig, handler in handlers.items():  # Cluster() installs its own in our process
@@ -269,6 +292,7 @@ class PoolHostRunner:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         children_die_with_their_parent()
+        without_connection_health_checks()
         logger.info("runpool %s starting (pid %d)", self.host, os.getpid())
         while not self.stopping:
             try:

@@ -1,4 +1,4 @@
-"""django-q2 task entry points: thin wrappers over services."""
+"""django-q2 task entry points: thin wrappers over pool.worker."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ from pool import worker_context
 
 
 def process_session(session_id: int) -> str:
-    from pool.services import session_process  # late import: tasks and services stay decoupled
+    from pool.worker import session_process  # late import: django-q2 imports tasks early
 
     return session_process(session_id=session_id, host=worker_context.host_name)
 
 
 def process_sessions(session_ids: list[int]) -> list[str]:
-    """A batch from the dispatcher: each session is claimed, processed and stored on its
-    own (one failing or superseded session does not affect the others)."""
-    from pool.services import session_process
+    """A batch from the dispatcher: claimed and stored together, each session judged on
+    its own (one failing or superseded session does not affect the others)."""
+    from pool.worker import sessions_process
 
-    return [
-        session_process(session_id=session_id, host=worker_context.host_name)
-        for session_id in session_ids
-    ]
+    return sessions_process(session_ids=list(session_ids), host=worker_context.host_name)

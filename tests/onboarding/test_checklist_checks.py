@@ -3,18 +3,21 @@ and lag samples as runpool records them."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
+from django.template import engines
 from django.utils import timezone
 
 from onboarding import checklists, lag
 from onboarding.checklists import check_lag_24h, checklist_checks_evaluate, checklist_start
 from onboarding.models import ChecklistEvent, ChecklistItem, CheckResult, DoneHow
 from pool.models import LagSample, Session
-from pool.services import session_process
+from pool.worker import session_process
 from tests.conftest import payload_body, post_payload
 
 pytestmark = pytest.mark.django_db
@@ -30,6 +33,9 @@ def checklist(customer_and_key):
 def no_alerting(monkeypatch):
     # None in sys.modules makes the import fail as if the module did not exist, whether
     # or not onboarding/alerts.py has landed by now.
+    # The pages and their template tags import it: load them before hiding it.
+    importlib.import_module(settings.ROOT_URLCONF)
+    engines.all()
     monkeypatch.setitem(sys.modules, "onboarding.alerts", None)
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from onboarding.lag import Status, lag_rows, lag_samples_record
 from onboarding.services import customer_create
 from pool.models import LagSample, PoolHost, Session, State
-from pool.services import session_process
+from pool.worker import session_process
 from tests.conftest import payload_body, post_payload
 
 

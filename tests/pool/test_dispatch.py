@@ -12,7 +12,7 @@ from onboarding.services import customer_create
 from pool.clusters import cluster_pause, customer_move, customer_set_weight
 from pool.dispatch import FairDispatcher
 from pool.models import ClusterHeartbeat, PoolHost, Session, State, WorkerCluster
-from pool.services import session_claim
+from pool.worker import session_claim
 
 
 def ready(customer, n: int, *, ago_s: float, prefix: str = "s") -> list[int]:

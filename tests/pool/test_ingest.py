@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from onboarding.models import IngestKey, hash_ingest_key
 from pool.models import Payload, Session, State
-from pool.services import session_process
+from pool.worker import session_process
 from tests.conftest import payload_body, post_payload
 
 pytestmark = pytest.mark.django_db
