@@ -78,6 +78,20 @@ def ingest_view(methods: set[str]):
     return decorator
 
 
+def request_body(request: HttpRequest, max_bytes: int) -> bytes:
+    """At most max_bytes of the body. A chunked body (Transfer-Encoding: chunked, no
+    Content-Length: fetch() with a stream, HTTP clients that compress on the fly) is
+    read from the WSGI stream, which gunicorn de-chunks: Django reads only as many bytes
+    as Content-Length says, so it would look empty. Bounded either way."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if chunked and not request.headers.get("Content-Length"):
+        stream = request.META.get("wsgi.input")
+        if stream is None or not request.META.get("wsgi.input_terminated"):
+            raise IngestError(411, "this server needs a Content-Length with this request")
+        return stream.read(max_bytes)
+    return request.read(max_bytes)
+
+
 @ingest_view({"POST"})
 def payload_create(request: HttpRequest, customer: Customer, session_id: str) -> JsonResponse:
     limit = settings.INGEST_MAX_BYTES
@@ -85,7 +99,7 @@ def payload_create(request: HttpRequest, customer: Customer, session_id: str) ->
     declared = request.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise IngestError(413, f"body exceeds {limit} bytes")
-    body = request.read(limit + 1)  # bounded even without a Content-Length
+    body = request_body(request, limit + 1)
     if len(body) > limit:
         raise IngestError(413, f"body exceeds {limit} bytes")
     raw = decode_body(

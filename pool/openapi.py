@@ -66,6 +66,10 @@ def openapi_document(server_url: str) -> dict:
                         ),
                         "401": _reply("Missing, unknown or revoked ingest key."),
                         "405": _reply("Method not allowed."),
+                        "411": _reply(
+                            "A chunked body (no Content-Length) that this server cannot "
+                            "delimit; behind gunicorn chunked bodies are accepted."
+                        ),
                         "413": _reply(
                             "Body over the size limit (checked after decompression too)."
                         ),

@@ -134,12 +134,14 @@ class Generation:
         Conf.CLUSTER_NAME = self.queue
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         title = setproctitle.getproctitle() if setproctitle else None
-        db.connections.close_all()  # never share a socket with the forked processes
-        freeze_heap_before_fork()
         self.started_at = timezone.now()  # before its pusher can take a task
         self.cluster = Cluster(get_broker(self.queue))
         for sig, handler in handlers.items():  # Cluster() installs its own in our process
             signal.signal(sig, handler)
+        # Never share a socket with the forked processes: the broker above opens one,
+        # and a child closing its copy would end this process's database session.
+        db.connections.close_all()
+        freeze_heap_before_fork()
         self.cluster.start()
         if title:
             setproctitle.setproctitle(title)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from onboarding.lag import Status, lag_rows, lag_samples_record
+from onboarding.lag import MIN_RATE_WINDOW_S, Status, lag_rows, lag_samples_record
 from onboarding.services import customer_create
 from pool.models import LagSample, PoolHost, Session, State
 from pool.worker import session_process
@@ -72,9 +72,9 @@ def test_eta_uses_the_net_rate(acme):
     row = lag_rows()[0]
     # The columns are 5-minute averages: 10 processed/min, 2 arrivals/min.
     assert row.processed_per_min == pytest.approx(10) and row.arrivals_per_min == pytest.approx(2)
-    # The ETA uses the part of the window with events (the last minute, at least):
-    # 50 processed/min, 10 arrivals/min → 40/min net → 10 sessions in 15 s.
-    assert row.eta_s == pytest.approx(10 / 40 * 60)
+    # The ETA uses the part of the window with events (the last 30 s): 100 processed/min,
+    # 20 arrivals/min → 80/min net → 10 sessions in 7.5 s.
+    assert row.eta_s == pytest.approx(10 / 80 * 60, rel=0.02)
 
 
 def test_eta_early_in_a_catch_up_is_not_diluted_by_an_empty_window(acme):
@@ -84,6 +84,14 @@ def test_eta_early_in_a_catch_up_is_not_diluted_by_an_empty_window(acme):
     row = lag_rows()[0]
     assert row.processed_per_min == pytest.approx(48)  # 240 over the 5-minute window
     assert row.eta_s == pytest.approx(500 / 120 * 60, rel=0.02)  # not 500 / 48
+
+
+def test_eta_from_a_few_seconds_of_events_counts_them_over_the_minimum_span(acme):
+    # 20 processed in the last 2 s: rates over MIN_RATE_WINDOW_S (10 s), not over 2 s.
+    make_sessions(acme, 100, state=State.READY, ready_ago_s=900)
+    make_sessions(acme, 20, state=State.PROCESSED, ready_ago_s=900, processed_ago_s=2)
+    row = lag_rows()[0]
+    assert row.eta_s == pytest.approx(100 / (20 / MIN_RATE_WINDOW_S * 60) * 60, rel=0.02)
 
 
 def test_the_overview_needs_a_login(client):

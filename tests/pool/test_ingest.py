@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from copy import deepcopy
 
@@ -677,3 +678,51 @@ def test_a_lost_connection_while_authenticating_answers_503(client, customer_and
     assert response.status_code == 503
     assert "Retry-After" in response
     assert response.json()["error"]
+
+
+# --- Chunked bodies (no Content-Length); through real gunicorn in tests/integration ---
+
+
+def chunked_post(client, key: str, session_id: str, body: bytes, **meta):
+    """As gunicorn hands a de-chunked body to Django: no CONTENT_LENGTH, the stream."""
+    return client.generic(
+        "POST",
+        f"/api/v1/sessions/{session_id}/payloads",
+        b"",
+        CONTENT_TYPE="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        HTTP_TRANSFER_ENCODING="chunked",
+        CONTENT_LENGTH="",
+        **{"wsgi.input": io.BytesIO(body), **meta},
+    )
+
+
+def test_a_chunked_body_is_read_from_the_stream(client, customer_and_key):
+    _, key = customer_and_key
+    body = json.dumps(payload_body(0)).encode()
+
+    response = chunked_post(client, key, "s-1", body, **{"wsgi.input_terminated": True})
+
+    assert response.status_code == 202
+    assert Payload.objects.filter(session__external_id="s-1").exists()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(client, customer_and_key, settings):
+    _, key = customer_and_key
+    settings.INGEST_MAX_BYTES = 1000
+    body = json.dumps(payload_body(0, padding="x" * 5000)).encode()
+
+    response = chunked_post(client, key, "s-1", body, **{"wsgi.input_terminated": True})
+
+    assert response.status_code == 413 and "exceeds 1000 bytes" in error_of(response)
+    assert_nothing_stored()
+
+
+def test_a_chunked_body_a_server_cannot_delimit_is_refused_with_411(client, customer_and_key):
+    _, key = customer_and_key
+    body = json.dumps(payload_body(0)).encode()
+
+    response = chunked_post(client, key, "s-1", body)  # no wsgi.input_terminated
+
+    assert response.status_code == 411 and "Content-Length" in error_of(response)
+    assert_nothing_stored()
