@@ -100,6 +100,8 @@ def alert_text(*, alert: Alert, event: str, now: datetime) -> str:
         return f"[RESOLVED] {who}: {alert.label} over, {alert.resolution} after {lasted}"
     if event == NotifyEvent.ESCALATED:
         return f"[{alert.label}] {who}: escalated, {_what(alert)}"
+    if event == NotifyEvent.DOWNGRADED:
+        return f"[{alert.label}] {who}: down from critical, {_what(alert)}"
     if event == NotifyEvent.REMINDER:
         lasted = duration(alert.duration_s(now))
         return f"[{alert.label}] {who}: still open after {lasted}, not acknowledged, {_what(alert)}"

@@ -228,6 +228,12 @@ class Alert(models.Model):
     grace_ended_at = models.DateTimeField()
     opened_at = models.DateTimeField(db_index=True)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    downgrade_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Since when the condition has been below this severity; the alert steps "
+        "down once that has lasted the grace period.",
+    )
     first_notified_at = models.DateTimeField(null=True, blank=True)
     last_notified_at = models.DateTimeField(null=True, blank=True)
     next_reminder_at = models.DateTimeField(null=True, blank=True)
@@ -316,6 +322,7 @@ class AlertEvent(models.Model):
     class Action(models.TextChoices):
         OPENED = "opened"
         ESCALATED = "escalated"
+        DOWNGRADED = "downgraded"
         REMINDED = "reminded"
         ACKNOWLEDGED = "acknowledged"
         RESOLVED = "resolved"
@@ -335,6 +342,7 @@ class AlertEvent(models.Model):
 class NotifyEvent(models.TextChoices):
     OPENED = "opened"
     ESCALATED = "escalated"
+    DOWNGRADED = "downgraded"
     REMINDER = "reminder"
     RESOLVED = "resolved"
 

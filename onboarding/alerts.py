@@ -166,6 +166,7 @@ class Condition:
     value_s: float = 0.0
     backlog: int = 0
     reason: str = ""  # why it does not hold: the resolution's wording
+    grace_s: int = 0  # how long a lower severity must last before an alert steps down
 
 
 def lag_condition(*, row: LagRow, rule: EffectiveRule, now: datetime) -> Condition:
@@ -188,6 +189,7 @@ def lag_condition(*, row: LagRow, rule: EffectiveRule, now: datetime) -> Conditi
         due_at=started + grace,
         value_s=row.lag_s,
         backlog=row.backlog,
+        grace_s=rule.grace_s,
     )
 
 
@@ -249,7 +251,8 @@ def alerts_evaluate(*, now: datetime) -> dict[str, int]:
     runs. Only a database that went away propagates (OperationalError, InterfaceError), so
     that runpool's loop reconnects as it does for its own queries.
     """
-    counts = dict.fromkeys(("opened", "escalated", "reminded", "resolved", "sent", "failed"), 0)
+    changes = ("opened", "escalated", "downgraded", "reminded", "resolved", "sent", "failed")
+    counts = dict.fromkeys(changes, 0)
     rules = alert_rules_load()
     for name, step in (("lag", _lag_alerts_evaluate), ("pool-down", _pool_alerts_evaluate)):
         try:
@@ -341,6 +344,12 @@ def _alert_sync(
             return "resolved" if _alert_resolve(alert, condition.reason, now) else ""
         if condition.severity and SEVERITY_RANK[condition.severity] > SEVERITY_RANK[alert.severity]:
             return "escalated" if _alert_escalate(alert, condition, remind_s, now) else ""
+        lower = condition.severity and SEVERITY_RANK[condition.severity] < SEVERITY_RANK[alert.severity]
+        if lower and _downgrade_due(alert, condition, now):
+            return "downgraded" if _alert_downgrade(alert, condition, now) else ""
+        if bool(lower) != (alert.downgrade_since is not None):
+            # Below its severity since now, or back at it: the step-down clock (re)starts.
+            Alert.objects.filter(pk=alert.pk).update(downgrade_since=now if lower else None)
         if (
             remind_s
             and alert.acknowledged_at is None
@@ -405,6 +414,36 @@ def _alert_escalate(alert: Alert, condition: Condition, remind_s: int, now: date
         _event_record(alert=alert, action=AlertEvent.Action.ESCALATED, at=now, detail=detail)
         deliveries_queue(alert=alert, event=NotifyEvent.ESCALATED, now=now)
     logger.warning("alert escalated: %s", alert)
+    return True
+
+
+def _downgrade_due(alert: Alert, condition: Condition, now: datetime) -> bool:
+    """A lower severity steps the alert down once it has lasted the grace period, the
+    same hysteresis as on the way up: lag hovering around the critical threshold must
+    not page, unpage and page again."""
+    since = alert.downgrade_since
+    return since is not None and since + timedelta(seconds=condition.grace_s) <= now
+
+
+def _alert_downgrade(alert: Alert, condition: Condition, now: datetime) -> bool:
+    with transaction.atomic():
+        was = alert.get_severity_display()
+        won = Alert.objects.filter(pk=alert.pk, resolved_at=None, severity=alert.severity).update(
+            **_figures(alert, condition),
+            severity=condition.severity,
+            threshold_s=condition.threshold_s,
+            downgrade_since=None,
+        )
+        if not won:
+            return False
+        alert.refresh_from_db()
+        detail = (
+            f"{alert.get_severity_display()}: back under the {was} threshold since "
+            f"{now - timedelta(seconds=condition.grace_s):%H:%M:%S} (grace included)"
+        )
+        _event_record(alert=alert, action=AlertEvent.Action.DOWNGRADED, at=now, detail=detail)
+        deliveries_queue(alert=alert, event=NotifyEvent.DOWNGRADED, now=now)
+    logger.warning("alert downgraded: %s", alert)
     return True
 
 

@@ -3,7 +3,7 @@ ready_at / processed_at that make the lag, and every evaluation is given its `no
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.core import mail
@@ -150,6 +150,52 @@ def test_escalation_to_critical_is_recorded_on_the_same_alert_and_notified(acme)
     assert subjects()[1].startswith(
         "[Onramp] [CRITICAL] Acme Corp: escalated, processing lag 31m 00s"
     )
+
+
+def critical_then_between_thresholds(acme) -> datetime:
+    """A critical alert, then its oldest session processed: the lag falls between the
+    warn and critical thresholds. Returns when the lag first reads lower."""
+    [oldest] = backlog(acme, ready_at=T0)
+    backlog(acme, ready_at=T0 + seconds(1200))
+    critical = T0 + seconds(CRITICAL + GRACE)
+    alerts_evaluate(now=critical)
+    assert alerts_of(acme)[0].severity == "critical"
+    processed(acme, at=critical + seconds(10), sessions=[oldest])
+    lower = critical + seconds(20)  # lag now 680 s: above warn, under critical
+    alerts_evaluate(now=lower)
+    return lower
+
+
+def test_critical_steps_down_to_warn_after_the_grace_period_and_says_so(acme):
+    lower = critical_then_between_thresholds(acme)
+    alerts_evaluate(now=lower + seconds(GRACE - 1))
+    assert alerts_of(acme)[0].severity == "critical"  # not yet: hysteresis
+
+    counts = alerts_evaluate(now=lower + seconds(GRACE))
+
+    assert counts["downgraded"] == 1
+    [alert] = alerts_of(acme)
+    assert (alert.severity, alert.threshold_s) == ("warn", WARN)
+    assert alert.is_open and alert.downgrade_since is None
+    assert [e.action for e in alert.events.all()] == ["opened", "downgraded"]
+    assert subjects()[-1].startswith("[Onramp] [WARN] Acme Corp: down from critical")
+
+
+def test_lag_back_over_critical_before_the_grace_ends_restarts_the_step_down_clock(acme):
+    lower = critical_then_between_thresholds(acme)
+    [again] = backlog(acme, ready_at=T0, prefix="late")  # an old session back in the backlog
+    alerts_evaluate(now=lower + seconds(30))
+    assert alerts_of(acme)[0].downgrade_since is None
+    processed(acme, at=lower + seconds(40), sessions=[again])
+    alerts_evaluate(now=lower + seconds(50))  # lower again: the clock starts anew
+
+    alerts_evaluate(now=lower + seconds(50 + GRACE - 1))
+    assert alerts_of(acme)[0].severity == "critical"
+    alerts_evaluate(now=lower + seconds(50 + GRACE))
+    [alert] = alerts_of(acme)
+    assert alert.severity == "warn"
+    assert [e.action for e in alert.events.all()] == ["opened", "downgraded"]
+    assert len(mail.outbox) == 2  # opened (critical), downgraded: nothing for the flap
 
 
 def test_a_first_evaluation_past_both_thresholds_opens_critical_from_the_first_crossing(acme):

@@ -200,6 +200,14 @@ class Command(BaseCommand):
                 f"    t={t:5.0f} s backlog {n:6d} dashboard ETA {_eta_text(e)}, "
                 f"over the covered span {_eta_text(e1)}; actual {actual - t:.0f} s"
             )
+        during = backlog / actual + arrival_rate
+        self.say(
+            f"  capacity during the catch-up (backlog ÷ time + arrivals): {during:.1f}/s, "
+            f"{(1 - during / capacity) * 100:.0f} % under the capacity measured alone: the "
+            f"arrivals' inserts and this command's dashboard readings share the 2 cores; "
+            f"with arrivals at half the capacity, the ratio grows about twice as fast as "
+            f"that shortfall"
+        )
         if eta_span is not None:
             self.say(
                 f"  (the same formula over the span its window covers would say {eta_span:.0f} s: "
