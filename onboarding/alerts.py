@@ -344,7 +344,9 @@ def _alert_sync(
             return "resolved" if _alert_resolve(alert, condition.reason, now) else ""
         if condition.severity and SEVERITY_RANK[condition.severity] > SEVERITY_RANK[alert.severity]:
             return "escalated" if _alert_escalate(alert, condition, remind_s, now) else ""
-        lower = condition.severity and SEVERITY_RANK[condition.severity] < SEVERITY_RANK[alert.severity]
+        lower = (
+            condition.severity and SEVERITY_RANK[condition.severity] < SEVERITY_RANK[alert.severity]
+        )
         if lower and _downgrade_due(alert, condition, now):
             return "downgraded" if _alert_downgrade(alert, condition, now) else ""
         if bool(lower) != (alert.downgrade_since is not None):
