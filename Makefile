@@ -44,6 +44,7 @@ bench: $(VENV)/.test
 	@test -n "$$DATABASE_URL" || (echo "set DATABASE_URL to a scratch PostgreSQL database" && exit 2)
 	@export SECRET_KEY=$${SECRET_KEY:-$$($(PY) -c "import secrets; print(secrets.token_urlsafe(50))")} HTTPS=0; \
 	$(PY) manage.py migrate --no-input -v0 && \
+	$(PY) manage.py collectstatic --no-input -v0 && \
 	for b in $(BENCHES); do echo "== $$b"; $(PY) manage.py $$b || exit 1; done
 
 lint: $(VENV)/.test
