@@ -75,6 +75,22 @@ def recording_bodies(name: str, *, merged: bool = False) -> list[bytes]:
     ]
 
 
+def repeated_recording_body(name: str, *, times: int) -> bytes:
+    """One stored payload holding a real recording's events `times` times in a row, each
+    copy later than the last: a session that costs `times` as much to process. For load
+    tests that must offer several times one worker's rate: with light sessions that is
+    hundreds a second, more than the test itself could insert without taking the CPU
+    the workers need."""
+    events = [e for p in recording_payloads(name) for e in p["events"]]
+    span = events[-1]["timestamp"] - events[0]["timestamp"] + 1000
+    repeated = [
+        {**event, "timestamp": event["timestamp"] + copy * span}
+        for copy in range(times)
+        for event in events
+    ]
+    return compress_body(json.dumps({"payload_id": 0, "events": repeated}).encode())
+
+
 def decompress_body_raw(blob: bytes) -> bytes:
     return zlib.decompress(blob)
 

@@ -6,19 +6,17 @@ so plainly if it does not.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 from django.db import connection
-from django.db.models import Max, Min
 
 from onboarding.services import customer_create
 from pool.autoscale import AUTOSCALE_BY, autoscale_update
+from pool.benchmarks import repeated_recording_body
 from pool.clusters import cluster_resize
-from pool.ingest import compress_body
-from pool.management.commands.bench_fairness import FIXTURE, add_ready
+from pool.management.commands.bench_fairness import add_ready
 from pool.models import (
     ClusterAutoscale,
     ClusterChange,
@@ -32,23 +30,10 @@ from tests.integration.conftest import wait_for, worker_processes
 pytestmark = [pytest.mark.integration]
 
 TARGET_LAG_S = 5
-# Each session is a real recording played REPEAT times in a row: 3x one worker's rate
-# is then a few dozen sessions/s, which this test can insert without itself taking the
-# CPU the workers need (one worker drains ~250 light sessions/s here).
+# Sessions cost 10x a recording (pool.benchmarks.repeated_recording_body): 3x one
+# worker's rate is then a few dozen sessions/s, which this test can insert without itself
+# taking the CPU the workers need (one worker drains hundreds of light sessions/s here).
 REPEAT = 10
-
-
-def heavy_body() -> bytes:
-    """One payload: the recording's events REPEAT times, each copy later than the last."""
-    events = [e for p in json.loads(FIXTURE.read_text())["payloads"] for e in p["events"]]
-    first, last = events[0]["timestamp"], events[-1]["timestamp"]
-    span = last - first + 1000
-    repeated = [
-        {**event, "timestamp": event["timestamp"] + copy * span}
-        for copy in range(REPEAT)
-        for event in events
-    ]
-    return compress_body(json.dumps({"payload_id": 0, "events": repeated}).encode())
 
 
 class Feeder(threading.Thread):
@@ -71,19 +56,20 @@ class Feeder(threading.Thread):
         connection.close()  # this thread's own connection; the test database is dropped later
 
 
-def one_worker_rate(customer, body: bytes, n: int = 300) -> float:
-    """Sessions/s one worker finishes here, now (the machine is shared: measure it), from
-    the processed_at of n sessions drained from ready."""
+def one_worker_rate(customer, body: bytes, n: int = 600, skip: int = 100) -> float:
+    """Sessions/s one worker finishes here, now (the machine is shared: measure it): n
+    sessions drained from ready, timed by their processed_at once the first `skip` are
+    done (the dispatcher's queue starts shallow and deepens)."""
     add_ready(customer, n, body, "calibrate")
     mine = Session.objects.filter(customer=customer)
     wait_for(
         lambda: not mine.exclude(state=State.PROCESSED).exists(),
-        120,
+        180,
         0.5,
         "calibration sessions to finish",
     )
-    span = mine.aggregate(first=Min("processed_at"), last=Max("processed_at"))
-    rate = (n - 1) / (span["last"] - span["first"]).total_seconds()
+    times = list(mine.order_by("processed_at").values_list("processed_at", flat=True))
+    rate = (n - skip) / (times[-1] - times[skip]).total_seconds()
     mine.delete()
     return rate
 
@@ -105,7 +91,7 @@ def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
         25,
         message="runpool to call pool.autoscale.autoscale_tick (the wiring in pool.runner)",
     )
-    body = heavy_body()
+    body = repeated_recording_body("checkout", times=REPEAT)
     rate = one_worker_rate(customer, body)
     assert rate > 0
 
@@ -116,7 +102,7 @@ def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
     feeder.start()
     try:
         try:
-            wait_for(lambda: desired() >= 2, 60, 0.5, "the autoscaler to add workers")
+            wait_for(lambda: desired() >= 2, 90, 0.5, "the autoscaler to add workers")
         except AssertionError as exc:
             # "no CPU to spare" here means runpool ignored AUTOSCALE_CPU_CAP=0 (the
             # setting must be read from the environment in config.settings).

@@ -35,8 +35,13 @@ from django.utils import timezone
 
 from onboarding.models import Customer
 from pool.autoscale import AUTOSCALE_BY, AUTOSCALE_TICK_S, autoscale_tick, autoscale_update
-from pool.benchmarks import processed_count, wait_customer_idle, wait_heartbeat_workers
-from pool.management.commands.bench_fairness import add_ready, realistic_body
+from pool.benchmarks import (
+    processed_count,
+    repeated_recording_body,
+    wait_customer_idle,
+    wait_heartbeat_workers,
+)
+from pool.management.commands.bench_fairness import add_ready
 from pool.models import (
     BACKLOG_STATES,
     ClusterAutoscale,
@@ -108,6 +113,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--factor", type=float, default=3.0)
+        parser.add_argument(
+            "--repeat",
+            type=int,
+            default=10,
+            help="each session is the checkout recording this many times over, so that "
+            "3x one worker's rate is few enough sessions for this command to insert",
+        )
         parser.add_argument("--load-seconds", type=float, default=240)
         parser.add_argument("--settle-seconds", type=float, default=420)
         parser.add_argument("--calibrate-seconds", type=float, default=15)
@@ -130,7 +142,7 @@ class Command(BaseCommand):
         self.cleanup()
         cluster = WorkerCluster.objects.create(name=CLUSTER, desired_workers=1)
         customer = Customer.objects.create(name="bench autoscale", slug=SLUG, cluster=cluster)
-        body = realistic_body()
+        body = repeated_recording_body("checkout", times=opts["repeat"])
         pool = self.start_pool(no_cpu_cap=opts["no_cpu_cap"])
         ticker = None
         try:
