@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -115,36 +115,39 @@ def sessions_insert_ready(
     ids: list[int] = []
     for start in range(0, n, batch):
         count = min(batch, n - start)
-        sessions = Session.objects.bulk_create(
-            [
-                Session(
-                    customer=customer,
-                    external_id=f"{prefix}-{start + i}",
-                    state=State.READY,
-                    ready_at=ready_at,
-                    last_payload_at=ready_at,
-                    payload_count=len(bodies),
-                    bytes_received=sum(raw_bytes),
-                )
-                for i in range(count)
-            ]
-        )
-        Payload.objects.bulk_create(
-            [
-                Payload(
-                    session=s,
-                    payload_id=pid,
-                    body=body,
-                    event_count=0,
-                    raw_bytes=raw_bytes[pid],
-                    final=pid == len(bodies) - 1,
-                    received_at=ready_at,
-                )
-                for s in sessions
-                for pid, body in enumerate(bodies)
-            ],
-            batch_size=2000,
-        )
+        # One transaction: a running pool must never see a ready session without its
+        # payloads (it would process it as empty, in no time).
+        with transaction.atomic():
+            sessions = Session.objects.bulk_create(
+                [
+                    Session(
+                        customer=customer,
+                        external_id=f"{prefix}-{start + i}",
+                        state=State.READY,
+                        ready_at=ready_at,
+                        last_payload_at=ready_at,
+                        payload_count=len(bodies),
+                        bytes_received=sum(raw_bytes),
+                    )
+                    for i in range(count)
+                ]
+            )
+            Payload.objects.bulk_create(
+                [
+                    Payload(
+                        session=s,
+                        payload_id=pid,
+                        body=body,
+                        event_count=0,
+                        raw_bytes=raw_bytes[pid],
+                        final=pid == len(bodies) - 1,
+                        received_at=ready_at,
+                    )
+                    for s in sessions
+                    for pid, body in enumerate(bodies)
+                ],
+                batch_size=2000,
+            )
         ids.extend(s.pk for s in sessions)
     return ids
 
@@ -366,6 +369,12 @@ def check_exactly_once(customer: Customer, *, n: int, total_before: int) -> None
         raise CommandError(
             f"correctness: {n} sessions, {processed} processed, {streams} streams, "
             f"counted {counted} times"
+        )
+    empty = Session.objects.filter(customer=customer, state=State.PROCESSED, event_total=0)
+    if empty.exists():
+        raise CommandError(
+            f"correctness: {empty.count()} sessions processed without any event (read "
+            f"before their payloads were committed?)"
         )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from onboarding.models import Customer
@@ -50,27 +50,30 @@ def realistic_body() -> bytes:
 
 
 def add_ready(customer: Customer, n: int, body: bytes, prefix: str) -> None:
-    now = timezone.now()
-    sessions = Session.objects.bulk_create(
-        [
-            Session(
-                customer=customer,
-                external_id=f"{prefix}-{i}",
-                state=State.READY,
-                ready_at=now,
-                payload_count=1,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
-    )
-    Payload.objects.bulk_create(
-        [
-            Payload(session=s, payload_id=0, body=body, event_count=100, raw_bytes=len(body))
-            for s in sessions
-        ],
-        batch_size=2000,
-    )
+    """n ready sessions holding `body`, in one transaction: a running pool must never see a
+    ready session without its payload (it would process it as empty, in no time)."""
+    with transaction.atomic():
+        now = timezone.now()
+        sessions = Session.objects.bulk_create(
+            [
+                Session(
+                    customer=customer,
+                    external_id=f"{prefix}-{i}",
+                    state=State.READY,
+                    ready_at=now,
+                    payload_count=1,
+                )
+                for i in range(n)
+            ],
+            batch_size=2000,
+        )
+        Payload.objects.bulk_create(
+            [
+                Payload(session=s, payload_id=0, body=body, event_count=100, raw_bytes=len(body))
+                for s in sessions
+            ],
+            batch_size=2000,
+        )
 
 
 def p95(values: list[float]) -> float:
