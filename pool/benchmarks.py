@@ -16,6 +16,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -150,6 +151,34 @@ def sessions_insert_ready(
             )
         ids.extend(s.pk for s in sessions)
     return ids
+
+
+class SteadyArrivals(threading.Thread):
+    """New ready sessions for a customer at a steady rate, inserted every `every_s` (as
+    the ingest API would close them), until `stop` is set. `sent` counts them."""
+
+    def __init__(
+        self, customer: Customer, bodies: list[bytes], rate: float, *, every_s: float = 0.2
+    ) -> None:
+        super().__init__(daemon=True)
+        self.customer, self.bodies, self.rate, self.every_s = customer, bodies, rate, every_s
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                due = int(self.rate * (time.monotonic() - started)) - self.sent
+                if due > 0:
+                    prefix = f"arr{started:.0f}-{self.sent}"
+                    sessions_insert_ready(
+                        customer=self.customer, n=due, bodies=self.bodies, prefix=prefix
+                    )
+                    self.sent += due
+                self.stop.wait(self.every_s)
+        finally:
+            connection.close()  # this thread's own connection
 
 
 # --- A bench cluster and customer ------------------------------------------------------

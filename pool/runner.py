@@ -143,6 +143,9 @@ class Generation:
         db.connections.close_all()
         freeze_heap_before_fork()
         self.cluster.start()
+        # The forked processes keep their frozen heap; runpool, which lives on and
+        # freezes again at every resize, must not keep what later becomes garbage.
+        gc.unfreeze()
         if title:
             setproctitle.setproctitle(title)
 

@@ -6,15 +6,13 @@ so plainly if it does not.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from django.db import connection
 
 from onboarding.services import customer_create
 from pool.autoscale import AUTOSCALE_BY, autoscale_update
-from pool.benchmarks import repeated_recording_body
+from pool.benchmarks import SteadyArrivals, repeated_recording_body
 from pool.clusters import cluster_resize
 from pool.management.commands.bench_fairness import add_ready
 from pool.models import (
@@ -34,26 +32,6 @@ TARGET_LAG_S = 5
 # worker's rate is then a few dozen sessions/s, which this test can insert without itself
 # taking the CPU the workers need (one worker drains hundreds of light sessions/s here).
 REPEAT = 10
-
-
-class Feeder(threading.Thread):
-    """Ready sessions with a real recording's payload, at a steady rate."""
-
-    def __init__(self, customer, body: bytes, per_s: float) -> None:
-        super().__init__(daemon=True)
-        self.customer, self.body, self.per_s = customer, body, per_s
-        self.stop = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stop.is_set():
-            due = int((time.monotonic() - started) * self.per_s) - self.sent
-            if due > 0:
-                add_ready(self.customer, due, self.body, f"f{self.sent}")
-                self.sent += due
-            self.stop.wait(0.25)
-        connection.close()  # this thread's own connection; the test database is dropped later
 
 
 def one_worker_rate(customer, body: bytes, n: int = 600, skip: int = 100) -> float:
@@ -98,7 +76,7 @@ def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
     autoscale_update(
         cluster=cluster, enabled=True, min_workers=1, max_workers=3, target_lag_s=TARGET_LAG_S
     )
-    feeder = Feeder(customer, body, per_s=3 * rate)
+    feeder = SteadyArrivals(customer, [body], 3 * rate, every_s=0.25)
     feeder.start()
     try:
         try:
@@ -129,6 +107,6 @@ def test_autoscale_raises_workers_under_load_and_lowers_them_after(runpool):
     assert int(by_autoscaler[0].after) > int(by_autoscaler[0].before)
     assert by_autoscaler[-1].after == "1"
     assert len(by_autoscaler) <= 5, [(c.before, c.after) for c in by_autoscaler]  # no flapping
-    fed = Session.objects.filter(customer=customer, external_id__startswith="f")
+    fed = Session.objects.filter(customer=customer)  # the calibration's were deleted
     assert fed.count() == feeder.sent
     assert not fed.exclude(state=State.PROCESSED).exists()

@@ -36,6 +36,7 @@ from django.utils import timezone
 from onboarding.models import Customer
 from pool.autoscale import AUTOSCALE_BY, AUTOSCALE_TICK_S, autoscale_tick, autoscale_update
 from pool.benchmarks import (
+    SteadyArrivals,
     processed_count,
     repeated_recording_body,
     wait_customer_idle,
@@ -69,26 +70,6 @@ class Run:
     readings: list[Reading] = field(default_factory=list)
     sent: int = 0
     processed_in_load: int = 0
-
-
-class Feeder(threading.Thread):
-    """Ready sessions at a steady rate, in batches every 0.5 s, as recorders would send."""
-
-    def __init__(self, customer: Customer, body: bytes, per_s: float) -> None:
-        super().__init__(daemon=True)
-        self.customer, self.body, self.per_s = customer, body, per_s
-        self.stop = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stop.is_set():
-            due = int((time.monotonic() - started) * self.per_s) - self.sent
-            if due > 0:
-                add_ready(self.customer, due, self.body, f"load-{time.time_ns()}")
-                self.sent += due
-            self.stop.wait(0.5)
-        connection.close()
 
 
 class Ticker(threading.Thread):
@@ -206,7 +187,7 @@ class Command(BaseCommand):
         )
         run = Run()
         done_before = processed_count(customer)
-        feeder = Feeder(customer, body, per_s)
+        feeder = SteadyArrivals(customer, [body], per_s, every_s=0.5)
         started = time.monotonic()
         feeder.start()
         load_end = started + opts["load_seconds"]

@@ -16,66 +16,18 @@ in against the time that actually remained (target within ±20 %).
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections, connection
-from django.db.models import Count, Min
+from django.db import close_old_connections
 from django.utils import timezone
 
-from onboarding.lag import RATE_WINDOW, eta_seconds, lag_rows
+from onboarding.lag import lag_rows
 from onboarding.models import Customer
 from pool import benchmarks as b
-from pool.models import BACKLOG_STATES, Session
 
 CAUGHT_UP_LAG_S = 5.0
-
-
-class Arrivals(threading.Thread):
-    """New ready sessions at a steady rate, inserted every 0.2 s (as the ingest API would
-    close them)."""
-
-    def __init__(self, customer: Customer, bodies: list[bytes], rate: float) -> None:
-        super().__init__(daemon=True)
-        self.customer, self.bodies, self.rate = customer, bodies, rate
-        self.stop = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stop.is_set():
-            due = int(self.rate * (time.monotonic() - started)) - self.sent
-            if due > 0:
-                b.sessions_insert_ready(
-                    customer=self.customer, n=due, bodies=self.bodies, prefix=f"new{self.sent}"
-                )
-                self.sent += due
-            self.stop.wait(0.2)
-        connection.close()
-
-
-def eta_over_covered_span(customer: Customer) -> float | None:
-    """The dashboard's ETA formula and window, with the counts divided by the part of
-    the window that has events for this customer rather than by the whole 5 minutes.
-    Shown next to the dashboard's ETA to size how much of its error comes from dividing
-    by time in which nothing was measured yet (for the report, not a product figure)."""
-    now = timezone.now()
-    since = now - RATE_WINDOW
-    sessions = Session.objects.filter(customer=customer)
-    done = sessions.filter(processed_at__gte=since).aggregate(n=Count("id"), t=Min("processed_at"))
-    came = sessions.filter(ready_at__gte=since).aggregate(n=Count("id"), t=Min("ready_at"))
-    starts = [t for t in (done["t"], came["t"]) if t is not None]
-    if not starts:
-        return None
-    minutes = max((now - min(starts)).total_seconds(), 1.0) / 60
-    backlog = sessions.filter(state__in=BACKLOG_STATES).count()
-    return eta_seconds(
-        backlog=backlog,
-        processed_per_min=done["n"] / minutes,
-        arrivals_per_min=came["n"] / minutes,
-    )
 
 
 def _eta_text(eta: float | None) -> str:
@@ -151,8 +103,8 @@ class Command(BaseCommand):
                 prefix=f"old{i}",
                 ready_at=now - timedelta(minutes=60 - 5 * i),
             )
-        arrivals = Arrivals(customer, bodies, capacity / 2)
-        readings: list[tuple[float, float | None, int, float | None]] = []
+        arrivals = b.SteadyArrivals(customer, bodies, capacity / 2)
+        readings: list[tuple[float, float | None, int]] = []
         started = time.monotonic()
         cpu_started = time.process_time()  # this process: mostly the arrivals' inserts
         arrivals.start()
@@ -173,12 +125,12 @@ class Command(BaseCommand):
 
     def wait_caught_up(self, customer, pool, readings, started: float, opts) -> float:
         """Seconds until the customer's lag is back under CAUGHT_UP_LAG_S, reading the
-        dashboard's row (and eta_over_covered_span) every second meanwhile."""
+        dashboard's row every second meanwhile."""
         while True:
             close_old_connections()
             row = next(r for r in lag_rows(customers=Customer.objects.filter(pk=customer.pk)))
             elapsed = time.monotonic() - started
-            readings.append((elapsed, row.eta_s, row.backlog, eta_over_covered_span(customer)))
+            readings.append((elapsed, row.eta_s, row.backlog))
             if row.lag_s <= CAUGHT_UP_LAG_S or row.backlog == 0:
                 return elapsed
             if elapsed > opts["timeout"] or pool.popen.poll() is not None:
@@ -188,17 +140,17 @@ class Command(BaseCommand):
     def report(self, capacity, backlog, arrival_rate, actual, readings) -> None:
         ideal = backlog / max(capacity - arrival_rate, 1e-9)
         quarter = min(readings, key=lambda r: abs(r[0] - actual / 4))
-        at, eta, left, eta_span = quarter
+        at, eta, _ = quarter
         remaining = actual - at
         self.say(
             f"  arrivals {arrival_rate:.1f}/s, mean capacity {capacity:.1f}/s; drained in "
             f"{actual:.1f} s; ideal {backlog} ÷ ({capacity:.1f} − {arrival_rate:.1f}) "
             f"= {ideal:.1f} s; {b.load_average()}"
         )
-        for t, e, n, e1 in readings[:: max(1, len(readings) // 8)]:
+        for t, e, n in readings[:: max(1, len(readings) // 8)]:
             self.say(
                 f"    t={t:5.0f} s backlog {n:6d} dashboard ETA {_eta_text(e)}, "
-                f"over the covered span {_eta_text(e1)}; actual {actual - t:.0f} s"
+                f"actual {actual - t:.0f} s"
             )
         during = backlog / actual + arrival_rate
         self.say(
@@ -208,11 +160,6 @@ class Command(BaseCommand):
             f"with arrivals at half the capacity, the ratio grows about twice as fast as "
             f"that shortfall"
         )
-        if eta_span is not None:
-            self.say(
-                f"  (the same formula over the span its window covers would say {eta_span:.0f} s: "
-                f"{(eta_span / remaining - 1) * 100:+.0f} %)"
-            )
         if eta is None:
             eta_line = "ETA: not catching up"
             verdict = "NOT met"

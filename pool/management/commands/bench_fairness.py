@@ -23,19 +23,20 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from onboarding.models import Customer
 from pool.benchmarks import (
     processed_count,
+    sessions_insert_ready,
     vacuum,
     wait_customer_idle,
     wait_heartbeat_workers,
 )
 from pool.clusters import customer_move
 from pool.ingest import compress_body
-from pool.models import BACKLOG_STATES, Payload, Session, State, WorkerCluster
+from pool.models import BACKLOG_STATES, Session, State, WorkerCluster
 
 CLUSTER = "bench-fair"
 PARKING = "bench-parked"
@@ -50,30 +51,8 @@ def realistic_body() -> bytes:
 
 
 def add_ready(customer: Customer, n: int, body: bytes, prefix: str) -> None:
-    """n ready sessions holding `body`, in one transaction: a running pool must never see a
-    ready session without its payload (it would process it as empty, in no time)."""
-    with transaction.atomic():
-        now = timezone.now()
-        sessions = Session.objects.bulk_create(
-            [
-                Session(
-                    customer=customer,
-                    external_id=f"{prefix}-{i}",
-                    state=State.READY,
-                    ready_at=now,
-                    payload_count=1,
-                )
-                for i in range(n)
-            ],
-            batch_size=2000,
-        )
-        Payload.objects.bulk_create(
-            [
-                Payload(session=s, payload_id=0, body=body, event_count=100, raw_bytes=len(body))
-                for s in sessions
-            ],
-            batch_size=2000,
-        )
+    """n ready sessions holding `body` as their one payload."""
+    sessions_insert_ready(customer=customer, n=n, bodies=[body], prefix=prefix)
 
 
 def p95(values: list[float]) -> float:
