@@ -627,7 +627,11 @@ def test_compose_migrate_pool_and_web_serve_and_pass_the_healthcheck(image):
             manifest = json.loads((image.app / "staticfiles" / "staticfiles.json").read_text())
             status, _, headers = _get(port, "/static/" + manifest["paths"]["onramp.css"])
             assert status == 200 and headers["Content-Type"].startswith("text/css")
-            _wait(lambda: _healthcheck_passes(env), 60, "the HEALTHCHECK (runpool heartbeating)")
+            _wait(lambda: _healthcheck_passes(env), 60, "the web container's HEALTHCHECK")
+            # The HEALTHCHECK (?scope=web) does not need runpool: wait for its heartbeat
+            # on the full /healthz, or the SIGTERM below could reach runpool before its
+            # handlers are installed (and the 503 awaited after it would prove nothing).
+            _wait(lambda: _get(port, "/healthz")[0] == 200, 60, "runpool heartbeating")
             assert _stop(pool, 120) == 0, pool_log.read_text()[-3000:]
             # A graceful stop marks the host stopped: the full /healthz says so, while the
             # web container's HEALTHCHECK (?scope=web) stays healthy, so a pool outage does
